@@ -1,0 +1,162 @@
+"""The FastAPI application: `create_app()` builds it, its lifespan owns every client.
+
+Run it with `python start_server.py` (which also starts the embedded Redis when REDIS_URL
+is unset), or `uvicorn main:create_app --factory`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from sse_starlette.sse import AppStatus
+
+from config import Settings
+from personachat import __version__
+from personachat.demo_model import DemoModel, RunningDemoModel
+from personachat.deps import Services
+from personachat.embedded_redis import EmbeddedRedis
+from personachat.errors import ChatError
+from personachat.history import HistoryStore, Limits
+from personachat.identity import ApiKeyStore, IdentityCookieMiddleware, IdentityResolver
+from personachat.keyspace import KeySpace
+from personachat.llm import ModelClient, create_openai_client
+from personachat.personas import load_catalog
+from personachat.redisconn import create_redis
+from personachat.routes import STATIC_DIR, router
+from personachat.turnlog import TurnLog
+from personachat.turns import TurnService
+
+logger = logging.getLogger("personachat")
+
+DEMO_DELAY_MS = 25  # the demo model's pace, so its answers visibly stream in
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. Settings are validated and the personas loaded here, so a bad
+    setting or roles file stops start-up with a readable message."""
+    settings = settings or Settings()
+    personas = load_catalog(settings.roles_file, settings.default_role)
+    secret_key = settings.resolved_secret_key()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            redis_url = settings.redis_url
+            if redis_url is None:
+                embedded = EmbeddedRedis(settings.data_dir)
+                await asyncio.to_thread(embedded.start)
+                stack.callback(embedded.stop)
+                redis_url = embedded.url
+            if settings.uses_demo_model:
+                demo = RunningDemoModel(DemoModel(delay_ms=DEMO_DELAY_MS, record=False))
+                await demo.start()
+                stack.push_async_callback(demo.aclose)
+                api_key, base_url, model_name = "offline-demo", demo.base_url, "offline-demo"
+            else:
+                key = settings.openai_api_key
+                api_key = key.get_secret_value() if key else "not-needed"
+                base_url, model_name = settings.openai_base_url, settings.openai_model
+            openai_client = create_openai_client(
+                api_key=api_key,
+                base_url=base_url,
+                timeout=settings.upstream_timeout_seconds,
+                max_retries=settings.upstream_max_retries,
+            )
+            stack.push_async_callback(openai_client.close)
+            redis = create_redis(redis_url, cluster=settings.redis_cluster)
+            stack.push_async_callback(redis.aclose)
+
+            keys = KeySpace(settings.redis_prefix)
+            limits = Limits(
+                history_window=settings.history_window,
+                history_max=settings.history_max,
+                history_ttl_seconds=settings.history_ttl_seconds,
+                lock_ttl_ms=int(settings.turn_timeout_seconds * 1000),
+                max_concurrent_turns=settings.max_concurrent_turns_per_user,
+                rate_limit_per_minute=settings.rate_limit_per_minute,
+            )
+            store = HistoryStore(redis, keys, limits)
+            turns = TurnService(
+                redis,
+                store,
+                TurnLog(redis, keys, settings.turn_stream_ttl_seconds),
+                personas,
+                ModelClient(openai_client, model_name, settings.upstream_timeout_seconds),
+                max_message_chars=settings.max_message_chars,
+                turn_timeout=settings.turn_timeout_seconds,
+                max_turn_events=settings.max_turn_events,
+            )
+            api_keys = ApiKeyStore(redis, keys)
+            identity = IdentityResolver(
+                secret_key, api_keys, cookie_name=settings.cookie_name, allow_anonymous=settings.allow_anonymous
+            )
+            app.state.services = Services(settings, redis, store, turns, api_keys, identity, personas)
+            app.state.demo_model = settings.uses_demo_model
+            turns.start_background()
+            watcher = asyncio.create_task(_end_turns_on_exit(turns))
+            logger.info(
+                "ready: model=%s redis=%s",
+                "offline demo" if settings.uses_demo_model else model_name,
+                "embedded" if settings.redis_url is None else "configured",
+            )
+            try:
+                yield
+            finally:
+                watcher.cancel()
+                await turns.shutdown()
+
+    app = FastAPI(
+        title="Persona chat",
+        version=__version__,
+        description="Chat with AI personas; session memory in Redis; answers stream as Server-Sent Events.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_middleware(
+        IdentityCookieMiddleware, cookie_name=settings.cookie_name, max_age=settings.cookie_max_age_days * 86_400
+    )
+    _install_error_handlers(app)
+    return app
+
+
+async def _end_turns_on_exit(turns: TurnService) -> None:
+    """On SIGTERM/SIGINT, end running turns with `server_shutdown` so streams can close.
+
+    uvicorn waits for open connections before the lifespan's shutdown runs, and an SSE
+    stream stays open until its turn ends; so the turns are ended as soon as the server
+    is told to exit (sse-starlette's flag, or uvicorn's own when its signal handler is set).
+    """
+    while True:
+        await asyncio.sleep(0.2)
+        server = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+        if AppStatus.should_exit or getattr(server, "should_exit", False):
+            await turns.shutdown()
+            return
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ChatError)
+    async def chat_error(request: Request, exc: ChatError) -> JSONResponse:
+        return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'][1:]) or 'body'}: {error['msg']}" for error in exc.errors()
+        )
+        return JSONResponse({"code": "invalid_request", "detail": problems or "invalid request"}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(ChatError().to_dict(), status_code=500)

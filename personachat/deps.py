@@ -1,0 +1,60 @@
+"""The services a request can use, built once in the app's lifespan, and their typed dependencies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from config import Settings
+from personachat.history import HistoryStore
+from personachat.identity import ApiKeyStore, Identity, IdentityResolver
+from personachat.personas import PersonaCatalog
+from personachat.redisconn import Redis
+from personachat.turns import TurnService
+
+
+@dataclass
+class Services:
+    settings: Settings
+    redis: Redis
+    store: HistoryStore
+    turns: TurnService
+    api_keys: ApiKeyStore
+    identity: IdentityResolver
+    personas: PersonaCatalog
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+async def get_identity(request: Request) -> Identity:
+    return await get_services(request).identity.resolve(request)
+
+
+def get_store(request: Request) -> HistoryStore:
+    return get_services(request).store
+
+
+def get_turns(request: Request) -> TurnService:
+    return get_services(request).turns
+
+
+def get_personas(request: Request) -> PersonaCatalog:
+    return get_services(request).personas
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+IdentityDep = Annotated[Identity, Depends(get_identity)]
+StoreDep = Annotated[HistoryStore, Depends(get_store)]
+TurnsDep = Annotated[TurnService, Depends(get_turns)]
+PersonasDep = Annotated[PersonaCatalog, Depends(get_personas)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]

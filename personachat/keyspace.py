@@ -1,0 +1,85 @@
+"""Every Redis key name the service uses, in one place.
+
+All of a user's keys carry the hash tag `{<user>}` so that, on a Redis Cluster, they live in
+one slot and a turn's multi-key transaction (messages, session, turn stream, lock) is legal.
+Ids are validated before they reach a key, so no input can step outside its user's tag
+or outside the prefix.
+
+    <prefix>:{<user>}:sessions            ZSET  session id -> last activity (ms), the user's index
+    <prefix>:{<user>}:s:<session>         HASH  session metadata (role, title, times, count)
+    <prefix>:{<user>}:m:<session>         LIST  the session's messages, JSON, oldest first
+    <prefix>:{<user>}:lock:<session>      STR   id of the turn running in the session (expires)
+    <prefix>:{<user>}:t:<session>:<turn>  STREAM the turn's events, for readers and resumes
+    <prefix>:{<user>}:stop:<turn>         STR   a stop request for a running turn
+    <prefix>:{<user>}:running             ZSET  turn id -> expiry (ms), the user's running turns
+    <prefix>:{<user>}:rate                STR   turns started in the current rate window
+    <prefix>:apikey:<sha256 of key>       HASH  an API key's user, id, label, creation time
+    <prefix>:apikeys                      HASH  key id -> sha256, to list and revoke keys
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+USER_ID_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+SESSION_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
+TURN_ID_PATTERN = re.compile(r"[0-9a-f]{16}")
+
+
+def is_user_id(value: str) -> bool:
+    return USER_ID_PATTERN.fullmatch(value) is not None
+
+
+def is_session_id(value: str) -> bool:
+    return SESSION_ID_PATTERN.fullmatch(value) is not None
+
+
+def is_turn_id(value: str) -> bool:
+    return TURN_ID_PATTERN.fullmatch(value) is not None
+
+
+@dataclass(frozen=True)
+class KeySpace:
+    """Builds key names under one prefix; tests give each test its own prefix."""
+
+    prefix: str
+
+    def _user(self, user: str) -> str:
+        if not is_user_id(user):
+            raise ValueError(f"invalid user id {user!r}")
+        return f"{self.prefix}:{{{user}}}"
+
+    def sessions(self, user: str) -> str:
+        return f"{self._user(user)}:sessions"
+
+    def session(self, user: str, session_id: str) -> str:
+        return f"{self._user(user)}:s:{session_id}"
+
+    def messages(self, user: str, session_id: str) -> str:
+        return f"{self._user(user)}:m:{session_id}"
+
+    def lock(self, user: str, session_id: str) -> str:
+        return f"{self._user(user)}:lock:{session_id}"
+
+    def turn(self, user: str, session_id: str, turn_id: str) -> str:
+        return f"{self._user(user)}:t:{session_id}:{turn_id}"
+
+    def stop(self, user: str, turn_id: str) -> str:
+        return f"{self._user(user)}:stop:{turn_id}"
+
+    def running(self, user: str) -> str:
+        return f"{self._user(user)}:running"
+
+    def rate(self, user: str) -> str:
+        return f"{self._user(user)}:rate"
+
+    def api_key(self, key_hash: str) -> str:
+        return f"{self.prefix}:apikey:{key_hash}"
+
+    def api_key_index(self) -> str:
+        return f"{self.prefix}:apikeys"
+
+    def all_keys_pattern(self) -> str:
+        """A SCAN pattern matching every key of the service (and nothing outside the prefix)."""
+        return f"{self.prefix}:*"

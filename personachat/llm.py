@@ -1,0 +1,137 @@
+"""The model client: one streamed chat completion from any OpenAI-compatible API.
+
+It uses the OpenAI SDK for the request, authentication, retries before the first byte and
+HTTP error mapping, but reads the event stream raw (`with_streaming_response`) and parses it
+with orjson: iterating the SDK's typed stream builds pydantic objects per chunk, about seven
+times the CPU of this path. Deltas that arrive in one network read are yielded together.
+
+Every failure leaves this module as an `UpstreamError` with a stable code:
+
+    upstream_unreachable   connection refused or reset before an answer
+    upstream_timeout       no byte for UPSTREAM_TIMEOUT_SECONDS (first token or between tokens)
+    upstream_auth          401/403: the key is wrong or lacks access
+    upstream_rate_limited  429 from the model's API
+    model_not_found        404: no such model (or wrong base URL)
+    upstream_bad_request   400: the API refused the request
+    upstream_error         5xx, or an error object inside the stream
+    upstream_stream_cut    the stream ended before the model finished
+    upstream_bad_response  the stream was not OpenAI-compatible JSON
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2
+import openai
+import orjson
+
+from personachat.errors import UpstreamError, UpstreamTimeout
+
+
+def create_openai_client(
+    *, api_key: str, base_url: str | None, timeout: float, max_retries: int
+) -> openai.AsyncOpenAI:
+    """The shared AsyncOpenAI client; the read timeout bounds the wait for every byte."""
+    return openai.AsyncOpenAI(
+        api_key=api_key,
+        base_url=base_url,
+        timeout=httpx2.Timeout(timeout, connect=min(timeout, 10.0)),
+        max_retries=max_retries,
+    )
+
+
+@dataclass
+class Completion:
+    """What a finished stream reported, filled in as the stream is read."""
+
+    finish_reason: str | None = None
+
+
+class ModelClient:
+    def __init__(self, client: openai.AsyncOpenAI, default_model: str, timeout: float) -> None:
+        self._client = client
+        self.default_model = default_model
+        self._timeout = timeout
+
+    async def stream(
+        self,
+        messages: list[dict[str, Any]],
+        completion: Completion,
+        *,
+        model: str | None = None,
+        temperature: float | None = None,
+    ) -> AsyncIterator[str]:
+        """Yield the answer's text as it arrives; set `completion.finish_reason` at the end."""
+        options: dict[str, Any] = {}
+        if temperature is not None:
+            options["temperature"] = temperature
+        try:
+            async with self._client.chat.completions.with_streaming_response.create(
+                model=model or self.default_model, messages=messages, stream=True, **options  # type: ignore[arg-type]
+            ) as response:
+                buffer = b""
+                async for data in response.http_response.aiter_bytes():
+                    lines = (buffer + data).split(b"\n")
+                    buffer = lines.pop()
+                    text = _parse_lines(lines, completion)
+                    if text:
+                        yield text
+                # Read to the end of the body even after the finish reason, so that the
+                # connection goes back to the pool instead of being closed.
+                if completion.finish_reason is not None:
+                    return
+        except openai.APIStatusError as exc:
+            raise _status_error(exc) from exc
+        except openai.APITimeoutError as exc:
+            raise UpstreamTimeout(self._timeout) from exc
+        except openai.APIConnectionError as exc:
+            raise UpstreamError("upstream_unreachable", "The model's API could not be reached.") from exc
+        except httpx2.TimeoutException as exc:
+            raise UpstreamTimeout(self._timeout) from exc
+        except httpx2.TransportError as exc:
+            raise UpstreamError("upstream_stream_cut", "The model's stream was cut off.") from exc
+        raise UpstreamError("upstream_stream_cut", "The model's stream ended before the answer was complete.")
+
+
+def _parse_lines(lines: list[bytes], completion: Completion) -> str:
+    """The text of the `data:` lines of one read; sets the finish reason when it comes."""
+    pieces = []
+    for raw in lines:
+        line = raw.strip()
+        if not line.startswith(b"data:"):
+            continue  # blank separators, comments, `event:` fields
+        payload = line[5:].strip()
+        if payload == b"[DONE]":
+            completion.finish_reason = completion.finish_reason or "stop"
+            break
+        try:
+            event = orjson.loads(payload)
+            if "error" in event:
+                error = event["error"]
+                detail = error.get("message") if isinstance(error, dict) else str(error)
+                raise UpstreamError("upstream_error", f"The model reported an error: {detail}")
+            for choice in event.get("choices") or ():
+                content = (choice.get("delta") or {}).get("content")
+                if content:
+                    pieces.append(content)
+                if choice.get("finish_reason"):
+                    completion.finish_reason = choice["finish_reason"]
+        except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
+            raise UpstreamError("upstream_bad_response", "The model's API sent a malformed stream.") from exc
+    return "".join(pieces)
+
+
+def _status_error(exc: openai.APIStatusError) -> UpstreamError:
+    status = exc.status_code
+    if status in (401, 403):
+        return UpstreamError("upstream_auth", "The model's API refused our credentials (check OPENAI_API_KEY).")
+    if status == 429:
+        return UpstreamError("upstream_rate_limited", "The model's API is rate limiting us; try again shortly.")
+    if status == 404:
+        return UpstreamError("model_not_found", "The model was not found (check OPENAI_MODEL and OPENAI_BASE_URL).")
+    if 400 <= status < 500:
+        return UpstreamError("upstream_bad_request", f"The model's API rejected the request (HTTP {status}).")
+    return UpstreamError("upstream_error", f"The model's API failed (HTTP {status}).")

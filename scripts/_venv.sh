@@ -1,0 +1,14 @@
+# Sourced by the scripts: a project virtualenv in .venv, (re)installed when a requirements file changes.
+ensure_venv() {
+  local requirements="$1" stamp
+  if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+  fi
+  stamp=".venv/.installed-$(cat requirements*.txt pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)-${requirements%.txt}"
+  if [ ! -f "$stamp" ]; then
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$requirements"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+    touch "$stamp"
+  fi
+}

@@ -1,0 +1,72 @@
+"""Start the chat service: `python start_server.py [--host H] [--port P] [--workers N]`.
+
+With no REDIS_URL it first starts an embedded Redis (data kept under DATA_DIR), shared by
+all workers and stopped on exit; with no model configured, each worker serves the built-in
+offline demo model. SIGTERM or Ctrl+C shut down gracefully: running answers end with a
+`server_shutdown` event, then the server exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import sse_starlette  # noqa: F401  (imported first: it hooks uvicorn's exit handler for SSE streams)
+import uvicorn
+from pydantic import ValidationError
+
+from config import Settings
+from personachat.embedded_redis import EmbeddedRedis
+from personachat.personas import PersonaFileError, load_catalog
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(description="Run the persona chat service.")
+    parser.add_argument("--host", default=settings.host, help="address to listen on (HOST, default %(default)s)")
+    parser.add_argument("--port", type=int, default=settings.port, help="port (PORT, default %(default)s)")
+    parser.add_argument("--workers", type=int, default=settings.workers, help="worker processes (WORKERS)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    try:
+        load_catalog(settings.roles_file, settings.default_role)
+    except PersonaFileError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 2
+    # Made once here, so that every worker signs cookies with the same key.
+    os.environ.setdefault("SECRET_KEY", settings.resolved_secret_key())
+
+    embedded = None
+    if settings.redis_url is None:
+        embedded = EmbeddedRedis(settings.data_dir)
+        embedded.start()
+        os.environ["REDIS_URL"] = embedded.url  # the workers use it like any configured Redis
+        print(f"embedded Redis: {embedded.url} (data in {embedded.directory})", file=sys.stderr)
+    if settings.uses_demo_model:
+        print("no model configured: the offline demo model answers (set OPENAI_API_KEY)", file=sys.stderr)
+    print(f"chat page: http://{args.host}:{args.port}/", file=sys.stderr)
+    try:
+        uvicorn.run(
+            "main:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=settings.log_level,
+            timeout_graceful_shutdown=15,
+        )
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
