@@ -162,11 +162,12 @@ async def stop(identity: IdentityDep, turns: TurnsDep, session_id: SessionIdQuer
 
 
 @router.get("/roles", response_model=RolesResponse, tags=["personas"])
-async def roles(personas: PersonasDep) -> RolesResponse:
-    """The personas."""
+async def roles(personas: PersonasDep, settings: SettingsDep) -> RolesResponse:
+    """The personas, and whether the offline demo model is the one answering."""
     return RolesResponse(
         roles=[RoleInfo(key=p.key, name=p.name, description=p.description) for p in personas],
         default_role=personas.default_key,
+        demo_model=settings.uses_demo_model,
     )
 
 

@@ -92,6 +92,7 @@ class RoleInfo(BaseModel):
 class RolesResponse(BaseModel):
     roles: list[RoleInfo]
     default_role: str
+    demo_model: bool = Field(description="True when the built-in offline demo model answers (no model configured).")
 
 
 class ErrorResponse(BaseModel):
