@@ -49,12 +49,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            redis_url = settings.redis_url
+            redis_url: str | None = settings.redis_url
             if redis_url is None:
                 embedded = EmbeddedRedis(settings.data_dir)
                 await asyncio.to_thread(embedded.start)
                 stack.callback(embedded.stop)
                 redis_url = embedded.url
+            base_url: str | None
             if settings.uses_demo_model:
                 demo = RunningDemoModel(DemoModel(delay_ms=DEMO_DELAY_MS, record=False))
                 await demo.start()

@@ -161,7 +161,7 @@ class _QuietServer(uvicorn.Server):
 class RunningDemoModel:
     """A demo model served on a free loopback port in the current event loop."""
 
-    def __init__(self, model: DemoModel, delay_ms: float = 0.0) -> None:
+    def __init__(self, model: DemoModel) -> None:
         self.model = model
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

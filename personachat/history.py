@@ -19,11 +19,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from redis.asyncio.client import Pipeline
 
 from personachat.errors import RateLimited, SessionNotFound, TurnInProgress
 from personachat.keyspace import KeySpace, is_session_id
-from personachat.redisconn import Redis, translate_redis_errors
+from personachat.redisconn import Pipeline, Redis, translate_redis_errors
 
 TITLE_CHARS = 60
 LIST_LIMIT = 500
@@ -56,7 +55,6 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-
 
 
 def now_iso() -> str:

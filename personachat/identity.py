@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
-from typing import Any
 
 from itsdangerous import BadSignature, Signer
 from starlette.datastructures import MutableHeaders
@@ -162,6 +161,6 @@ class IdentityCookieMiddleware:
 
         await self.app(scope, receive, send_with_cookie)
 
-    def _cookie(self, scope: dict[str, Any], value: str) -> str:
+    def _cookie(self, scope: Scope, value: str) -> str:
         secure = "; Secure" if scope.get("scheme") == "https" else ""
         return f"{self.cookie_name}={value}; Max-Age={self.max_age}; Path=/; HttpOnly; SameSite=Lax{secure}"

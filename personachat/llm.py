@@ -31,9 +31,7 @@ import orjson
 from personachat.errors import UpstreamError, UpstreamTimeout
 
 
-def create_openai_client(
-    *, api_key: str, base_url: str | None, timeout: float, max_retries: int
-) -> openai.AsyncOpenAI:
+def create_openai_client(*, api_key: str, base_url: str | None, timeout: float, max_retries: int) -> openai.AsyncOpenAI:
     """The shared AsyncOpenAI client; the read timeout bounds the wait for every byte."""
     return openai.AsyncOpenAI(
         api_key=api_key,
@@ -70,7 +68,10 @@ class ModelClient:
             options["temperature"] = temperature
         try:
             async with self._client.chat.completions.with_streaming_response.create(
-                model=model or self.default_model, messages=messages, stream=True, **options  # type: ignore[arg-type]
+                model=model or self.default_model,
+                messages=messages,  # type: ignore[arg-type]
+                stream=True,
+                **options,
             ) as response:
                 buffer = b""
                 async for data in response.http_response.aiter_bytes():

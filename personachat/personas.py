@@ -84,9 +84,7 @@ class PersonaCatalog:
     def __init__(self, personas: list[Persona], default_key: str) -> None:
         self._by_key = {persona.key: persona for persona in personas}
         if default_key not in self._by_key:
-            raise PersonaFileError(
-                f"default role {default_key!r} is not a persona (have: {', '.join(self._by_key)})"
-            )
+            raise PersonaFileError(f"default role {default_key!r} is not a persona (have: {', '.join(self._by_key)})")
         self.default_key = default_key
 
     def __iter__(self):  # type: ignore[no-untyped-def]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeAlias, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -19,7 +19,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from personachat.errors import StoreUnavailable
 
-Redis = aioredis.Redis | RedisCluster
+# redis-py's command annotations mix the sync and async clients and bytes/str replies, so
+# the service's code types its clients loosely and decodes replies explicitly.
+Redis: TypeAlias = Any  # redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
+Pipeline: TypeAlias = Any  # their pipelines
 
 # Errors that mean "Redis is not reachable right now" (as opposed to a bug in a command).
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -34,7 +37,7 @@ def create_redis(url: str, *, cluster: bool = False, max_connections: int = 512)
     A short retry with backoff rides over a restart or a dropped connection; after that
     the caller gets StoreUnavailable (503) instead of a request hanging for a minute.
     """
-    options = {
+    options: dict[str, Any] = {
         "socket_connect_timeout": 2.0,
         "socket_timeout": BLOCK_MS / 1000 + 5.0,
         "health_check_interval": 15,

@@ -101,9 +101,7 @@ async def stream_post(
     return await _stream(turns, settings.sse_ping_seconds, request, last_event_id_header, body.message is None)
 
 
-async def _stream(
-    turns: Any, ping: float, request: TurnRequest, resume: str | None, no_message: bool
-) -> Response:
+async def _stream(turns: Any, ping: float, request: TurnRequest, resume: str | None, no_message: bool) -> Response:
     reader: AsyncIterator[bytes] | None
     if resume:
         reader = await turns.open_reader(request.user, request.session_id, resume)

@@ -13,12 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import orjson
-from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from personachat.keyspace import KeySpace
-from personachat.redisconn import Redis, translate_redis_errors
+from personachat.redisconn import Pipeline, Redis, translate_redis_errors
 
 TERMINAL_TYPES = (b'"type":"end"', b'"type":"error"')
 STOP_TTL_MS = 60_000

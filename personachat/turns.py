@@ -285,14 +285,22 @@ class TurnService:
             run.finish()
             logger.info(
                 "turn ended",
-                extra={"turn_id": run.turn_id, "events": len(run.payloads), "seconds": round(time.monotonic() - started, 3)},
+                extra={
+                    "turn_id": run.turn_id,
+                    "events": len(run.payloads),
+                    "seconds": round(time.monotonic() - started, 3),
+                },
             )
 
-    async def _consume(self, run: TurnRun, prompt: list[dict[str, Any]], answer: list[str], completion: Completion) -> None:
+    async def _consume(
+        self, run: TurnRun, prompt: list[dict[str, Any]], answer: list[str], completion: Completion
+    ) -> None:
         persona = run.persona
         flusher: asyncio.Task[None] | None = None
         try:
-            async for text in self._model.stream(prompt, completion, model=persona.model, temperature=persona.temperature):
+            async for text in self._model.stream(
+                prompt, completion, model=persona.model, temperature=persona.temperature
+            ):
                 answer.append(text)
                 run.append({"type": "chunk", "content": text})
                 if len(run.payloads) >= self._max_events - 1:  # keep room for the final event
@@ -314,7 +322,9 @@ class TurnService:
         async with run.writing:
             count = len(run.payloads)
             if count > run.flushed:
-                await self._log.append(run.user, run.session_id, run.turn_id, run.flushed + 1, run.payloads[run.flushed : count])
+                await self._log.append(
+                    run.user, run.session_id, run.turn_id, run.flushed + 1, run.payloads[run.flushed : count]
+                )
                 run.flushed = count
 
     async def _commit(self, run: TurnRun, user_message: dict[str, Any], text: str, finish_reason: str) -> None:
@@ -339,7 +349,9 @@ class TurnService:
             await self._final_write(run, payload, [], "")
         run.append(payload)
 
-    async def _final_write(self, run: TurnRun, final: dict[str, Any], messages: list[dict[str, Any]], title: str) -> None:
+    async def _final_write(
+        self, run: TurnRun, final: dict[str, Any], messages: list[dict[str, Any]], title: str
+    ) -> None:
         async with run.writing:  # after any batch still being written, so ids stay in order
             await self._final_write_locked(run, final, messages, title)
 

@@ -48,7 +48,12 @@ def test_get_stream_relays_the_answer_as_json_events_with_ids(client: httpx.Clie
 
         events = collect(response)
     assert events[0].type == "start"
-    assert events[0].data == {"type": "start", "session_id": session_id, "turn_id": events[0].data["turn_id"], "role": "teacher"}
+    assert events[0].data == {
+        "type": "start",
+        "session_id": session_id,
+        "turn_id": events[0].data["turn_id"],
+        "role": "teacher",
+    }
     assert events[-1].type == "end" and events[-1].data["finish_reason"] == "stop"
     assert all(event.type == "chunk" for event in events[1:-1])
     turn_id = events[0].data["turn_id"]
