@@ -1,0 +1,128 @@
+"""What a turn sends to the model and what it stores: the prompt window, personas, memory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import FakeModel, Service, chat, history, start_session
+from tests.servers import RedisProcess
+
+TEACHER_PROMPT_START = "You are a patient, encouraging teacher."
+
+
+def test_the_prompt_after_25_turns_is_system_plus_last_20_messages_plus_the_new_one(
+    client: httpx.Client, model: FakeModel
+) -> None:
+    session_id = start_session(client, "teacher")
+    answers = []
+    for turn in range(25):
+        events = chat(client, session_id, f"message {turn}")
+        answers.append("".join(e.data["content"] for e in events if e.type == "chunk"))
+    chat(client, session_id, "message 25")
+    prompt = model.requests[-1]["messages"]
+    assert len(prompt) == 22
+    assert prompt[0]["role"] == "system" and prompt[0]["content"].startswith(TEACHER_PROMPT_START)
+    expected = []
+    for turn in range(15, 25):  # the last 20 stored messages: turns 15..24, oldest first
+        expected += [
+            {"role": "user", "content": f"message {turn}"},
+            {"role": "assistant", "content": answers[turn]},
+        ]
+    assert prompt[1:21] == expected
+    assert prompt[21] == {"role": "user", "content": "message 25"}
+    assert history(client, session_id)["total"] == 52  # history keeps more than the window
+
+
+def test_the_first_prompt_is_just_the_system_prompt_and_the_message(client: httpx.Client, model: FakeModel) -> None:
+    session_id = start_session(client, "programmer")
+    chat(client, session_id, "hello")
+    prompt = model.requests[-1]["messages"]
+    assert [m["role"] for m in prompt] == ["system", "user"]
+    assert "senior software engineer" in prompt[0]["content"]
+    assert model.requests[-1]["model"] == "fake-model"
+    assert model.requests[-1]["temperature"] == 0.2  # the programmer persona pins its temperature
+
+
+def test_the_history_window_is_a_setting(make_service: Callable[..., Service], model: FakeModel) -> None:
+    service = make_service(history_window=4)
+    with service.client() as client:
+        session_id = start_session(client)
+        for turn in range(4):
+            chat(client, session_id, f"m{turn}")
+        assert len(model.requests[-1]["messages"]) == 1 + 4 + 1
+        assert model.requests[-1]["messages"][1]["content"] == "m1"
+
+
+def test_personas_change_the_system_prompt_and_a_role_switch_sticks(client: httpx.Client, model: FakeModel) -> None:
+    session_id = start_session(client, "assistant")
+    events = chat(client, session_id, "hi")
+    assert events[0].data["role"] == "assistant"
+    assert model.requests[-1]["messages"][0]["content"].startswith("You are a helpful, honest assistant")
+    events = chat(client, session_id, "teach me", role="teacher")
+    assert events[0].data["role"] == "teacher"
+    assert model.requests[-1]["messages"][0]["content"].startswith(TEACHER_PROMPT_START)
+    assert "Persona: *You are a patient, encouraging teacher.*" in "".join(
+        e.data["content"] for e in events if e.type == "chunk"
+    )
+    chat(client, session_id, "and again")  # no role given: the session's persona is now the teacher
+    assert model.requests[-1]["messages"][0]["content"].startswith(TEACHER_PROMPT_START)
+    stored = history(client, session_id)
+    assert stored["role"] == "teacher"
+    assert [m.get("persona") for m in stored["messages"] if m["role"] == "assistant"] == [
+        "assistant",
+        "teacher",
+        "teacher",
+    ]
+
+
+def test_a_roles_file_adds_and_overrides_personas_with_model_and_temperature(
+    make_service: Callable[..., Service], model: FakeModel, tmp_path: Path
+) -> None:
+    roles = tmp_path / "roles.yaml"
+    roles.write_text(
+        "roles:\n"
+        "  pirate:\n"
+        "    name: Pirate\n"
+        "    description: Talks like a pirate.\n"
+        "    system_prompt: You are a pirate. Answer like one.\n"
+        "    model: pirate-model\n"
+        "    temperature: 1.3\n"
+        "  teacher:\n"
+        "    name: Strict teacher\n"
+        "    description: Overrides the preset.\n"
+        "    system_prompt: You are a strict teacher.\n"
+        "default_role: pirate\n",
+        encoding="utf-8",
+    )
+    service = make_service(roles_file=roles)
+    with service.client() as client:
+        body = client.get("/roles").json()
+        assert body["default_role"] == "pirate"
+        names = {role["key"]: role["name"] for role in body["roles"]}
+        assert names["pirate"] == "Pirate" and names["teacher"] == "Strict teacher" and "programmer" in names
+        session_id = start_session(client)
+        chat(client, session_id, "ahoy")
+        request = model.requests[-1]
+        assert request["model"] == "pirate-model" and request["temperature"] == 1.3
+        assert request["messages"][0]["content"] == "You are a pirate. Answer like one."
+
+
+def test_history_is_capped_at_history_max_and_expires(
+    make_service: Callable[..., Service], redis_server: RedisProcess
+) -> None:
+    service = make_service(history_max=6, history_ttl_seconds=3600)
+    with service.client() as client:
+        session_id = start_session(client)
+        for turn in range(5):
+            chat(client, session_id, f"m{turn}")
+        messages = history(client, session_id)["messages"]
+        assert [m["content"] for m in messages if m["role"] == "user"] == ["m2", "m3", "m4"]
+    redis = redis_server.client()
+    keys = list(redis.scan_iter(f"{service.settings.redis_prefix}:*"))
+    assert keys
+    for key in keys:
+        ttl = redis.ttl(key)
+        assert 0 < ttl <= 3600, (key, ttl)  # every key of the service expires
