@@ -83,3 +83,43 @@ class KeySpace:
     def all_keys_pattern(self) -> str:
         """A SCAN pattern matching every key of the service (and nothing outside the prefix)."""
         return f"{self.prefix}:*"
+
+    def user_indexes_pattern(self) -> str:
+        """A SCAN pattern matching every user's session index (ids hold no glob characters)."""
+        return f"{self.prefix}:{{*}}:sessions"
+
+    def parse(self, key: str) -> KeyName | None:
+        """What a key of the service is, read back from its name; None for any other key."""
+        head = f"{self.prefix}:{{"
+        if not key.startswith(head):
+            if key == self.api_key_index():
+                return KeyName("apikeys")
+            if key.startswith(f"{self.prefix}:apikey:"):
+                return KeyName("apikey")
+            return None
+        user, _, rest = key[len(head) :].partition("}:")
+        kind, _, tail = rest.partition(":")
+        if not is_user_id(user):
+            return None
+        if kind in ("sessions", "running", "rate") and not tail:
+            return KeyName(kind, user)
+        if kind in ("s", "m", "lock") and is_session_id(tail):
+            return KeyName(kind, user, session_id=tail)
+        if kind == "t":
+            session_id, _, turn_id = tail.partition(":")
+            if is_session_id(session_id) and is_turn_id(turn_id):
+                return KeyName(kind, user, session_id=session_id, turn_id=turn_id)
+        if kind == "stop" and is_turn_id(tail):
+            return KeyName(kind, user, turn_id=tail)
+        return None
+
+
+@dataclass(frozen=True)
+class KeyName:
+    """A key of the service, parsed: `kind` is the segment after the user tag (`s`, `m`,
+    `lock`, `t`, `stop`, `sessions`, `running`, `rate`), or `apikey` / `apikeys`."""
+
+    kind: str
+    user: str | None = None
+    session_id: str | None = None
+    turn_id: str | None = None
