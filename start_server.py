@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 import sse_starlette  # noqa: F401  (imported first: it hooks uvicorn's exit handler for SSE streams)
@@ -52,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     if settings.uses_demo_model:
         print("no model configured: the offline demo model answers (set OPENAI_API_KEY)", file=sys.stderr)
     print(f"chat page: http://{args.host}:{args.port}/", file=sys.stderr)
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again under the
+    # handler found here: make that a normal exit, so the embedded Redis is stopped too.
+    signal.signal(signal.SIGTERM, _exit_normally)
     try:
         uvicorn.run(
             "main:create_app",
@@ -66,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         if embedded is not None:
             embedded.stop()
     return 0
+
+
+def _exit_normally(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 if __name__ == "__main__":

@@ -75,7 +75,9 @@ class TurnRun:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     writing: asyncio.Lock = field(default_factory=asyncio.Lock)
     done: asyncio.Event = field(default_factory=asyncio.Event)
-    _changed: asyncio.Future[None] | None = None
+    # Pulsed (set, then cleared) on every change. Each waiter has a future of its own, so a
+    # reader cancelled by its client's disconnect cannot cancel the others' wait.
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def event_id(self, seq: int) -> bytes:
         return f"{self.turn_id}:{seq}".encode()
@@ -90,14 +92,11 @@ class TurnRun:
         self.done.set()
 
     def _wake(self) -> None:
-        if self._changed is not None and not self._changed.done():
-            self._changed.set_result(None)
-        self._changed = None
+        self._changed.set()
+        self._changed.clear()
 
     async def changed(self) -> None:
-        if self._changed is None:
-            self._changed = asyncio.get_running_loop().create_future()
-        await self._changed
+        await self._changed.wait()
 
 
 def sse_frame(event_id: bytes, payload: bytes) -> bytes:

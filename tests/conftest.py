@@ -37,7 +37,7 @@ class Service:
     settings: Settings
 
     def client(self, **options: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=30, **options)
+        return httpx.Client(base_url=self.base_url, **{"timeout": 30, **options})
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,195 @@
+"""Turns outlive their connection: resume by Last-Event-ID on any instance, stop, one turn at a time."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import httpx
+
+from tests.conftest import FakeModel, Service, chat, history, start_session
+from tests.sse import Event, answer_text, collect, iter_events
+
+SLOW = "[[chunks=40]] [[delay_ms=25]]"  # a one-second answer: w0 w1 ... w39
+SLOW_TEXT = "".join(f"w{n} " for n in range(40))
+
+
+def read_some(client: httpx.Client, session_id: str, message: str, count: int) -> list[Event]:
+    """Start a turn, read `count` events, then drop the connection (a closed tab, a lost network)."""
+    events: list[Event] = []
+    with client.stream("POST", "/chat/stream", json={"session_id": session_id, "message": message}) as response:
+        assert response.status_code == 200
+        for event in iter_events(response):
+            events.append(event)
+            if len(events) == count:
+                break
+    return events
+
+
+def resume(client: httpx.Client, session_id: str, last_event_id: str, method: str = "GET") -> list[Event]:
+    headers = {"Last-Event-ID": last_event_id}
+    if method == "GET":
+        request = client.stream(
+            "GET", "/chat/stream", params={"session_id": session_id, "message": "x"}, headers=headers
+        )
+    else:
+        request = client.stream(
+            "POST", "/chat/stream", json={"session_id": session_id, "message": "x"}, headers=headers
+        )
+    with request as response:
+        assert response.status_code == 200, response.read()
+        return collect(response)
+
+
+def wait_until_idle(client: httpx.Client, session_id: str, timeout: float = 10) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stored = history(client, session_id)
+        if stored["running_turn_id"] is None:
+            return stored
+        time.sleep(0.05)
+    raise AssertionError("the turn did not end")
+
+
+def test_a_dropped_client_loses_nothing_and_resuming_delivers_the_rest_exactly_once(
+    client: httpx.Client, model: FakeModel
+) -> None:
+    session_id = start_session(client)
+    head = read_some(client, session_id, SLOW, 5)
+    rest = resume(client, session_id, head[-1].id or "", method="POST")
+    events = head + rest
+    turn_id = head[0].data["turn_id"]
+    assert [e.id for e in events] == [f"{turn_id}:{n}" for n in range(1, len(events) + 1)]
+    assert events[-1].type == "end" and answer_text(events) == SLOW_TEXT
+    stored = wait_until_idle(client, session_id)
+    assert [m["content"] for m in stored["messages"]] == [SLOW, SLOW_TEXT]  # type: ignore[index]
+    assert len(model.requests) == 1  # the resume did not send the message again
+
+
+def test_a_turn_runs_to_its_end_with_nobody_reading(client: httpx.Client) -> None:
+    session_id = start_session(client)
+    read_some(client, session_id, SLOW, 1)
+    stored = wait_until_idle(client, session_id)
+    assert stored["total"] == 2 and stored["messages"][1]["content"] == SLOW_TEXT  # type: ignore[index]
+
+
+def test_a_turn_started_on_one_instance_resumes_on_another(make_service: Callable[..., Service]) -> None:
+    first, second = make_service(), make_service()  # two app processes' worth, one Redis
+    with first.client() as on_first:
+        session_id = start_session(on_first)
+        head = read_some(on_first, session_id, SLOW, 3)
+        cookies = on_first.cookies
+    with second.client(cookies=cookies) as on_second:
+        rest = resume(on_second, session_id, head[-1].id or "")
+        assert answer_text(head + rest) == SLOW_TEXT and rest[-1].type == "end"
+        ids = [e.id for e in head + rest]
+        assert len(ids) == len(set(ids))
+        stored = wait_until_idle(on_second, session_id)
+        assert stored["total"] == 2
+
+
+def test_resuming_a_finished_turn_replays_it_and_after_its_end_says_no_content(client: httpx.Client) -> None:
+    session_id = start_session(client)
+    events = chat(client, session_id, "[[chunks=5]]")
+    turn_id = events[0].data["turn_id"]
+    replay = resume(client, session_id, f"{turn_id}:0")
+    assert [(e.id, e.data) for e in replay] == [(e.id, e.data) for e in events]
+    tail = resume(client, session_id, events[2].id or "")
+    assert [e.id for e in tail] == [e.id for e in events[3:]]
+    response = client.get(
+        "/chat/stream", params={"session_id": session_id}, headers={"Last-Event-ID": events[-1].id or ""}
+    )
+    assert response.status_code == 204  # EventSource stops reconnecting
+    assert history(client, session_id)["total"] == 2
+
+
+def test_the_page_can_resume_the_running_turn_after_a_reload(client: httpx.Client) -> None:
+    session_id = start_session(client)
+    read_some(client, session_id, SLOW, 2)
+    running = history(client, session_id)["running_turn_id"]
+    assert running
+    sessions = client.get("/chat/sessions").json()["sessions"]
+    assert sessions[0]["running_turn_id"] == running
+    with client.stream(
+        "GET", "/chat/stream", params={"session_id": session_id, "last_event_id": f"{running}:0"}
+    ) as response:
+        events = collect(response)
+    assert events[0].type == "start" and answer_text(events) == SLOW_TEXT
+
+
+def test_a_second_message_while_a_turn_runs_is_409_and_two_racing_requests_have_one_winner(
+    client: httpx.Client, model: FakeModel
+) -> None:
+    session_id = start_session(client)
+    read_some(client, session_id, SLOW, 1)
+    response = client.post("/chat/stream", json={"session_id": session_id, "message": "me too"})
+    assert response.status_code == 409 and response.json()["code"] == "turn_in_progress"
+    wait_until_idle(client, session_id)
+
+    statuses: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def send(number: int) -> None:
+        with httpx.Client(base_url=str(client.base_url), cookies=client.cookies, timeout=30) as racer:
+            barrier.wait()
+            body = {"session_id": session_id, "message": f"race {number} [[chunks=3]]"}
+            with racer.stream("POST", "/chat/stream", json=body) as response:
+                statuses.append(response.status_code)
+                response.read()
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(statuses) == [200] + [409] * 7
+    stored = wait_until_idle(client, session_id)
+    assert stored["total"] == 4  # the first turn and exactly one racer
+
+
+def test_stop_ends_every_reader_and_stores_the_partial_answer(make_service: Callable[..., Service]) -> None:
+    first, second = make_service(), make_service()
+    with first.client() as client:
+        session_id = start_session(client)
+        head = read_some(client, session_id, "[[chunks=400]] [[delay_ms=20]]", 4)
+        cookies = client.cookies
+        readers: dict[str, list[Event]] = {}
+
+        def follow(name: str, service: Service) -> None:
+            with service.client(cookies=cookies) as reader:
+                readers[name] = resume(reader, session_id, head[-1].id or "")
+
+        threads = [threading.Thread(target=follow, args=(name, s)) for name, s in (("a", first), ("b", second))]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)
+        with second.client(cookies=cookies) as other:  # stopped through the other instance
+            response = other.post("/chat/stop", params={"session_id": session_id})
+        assert response.status_code == 200
+        assert response.json() == {"session_id": session_id, "turn_id": head[0].data["turn_id"], "stopped": True}
+        for thread in threads:
+            thread.join(timeout=10)
+        for events in readers.values():
+            assert events[-1].type == "end" and events[-1].data["finish_reason"] == "stopped"
+        stored = wait_until_idle(client, session_id)
+        answer = stored["messages"][1]  # type: ignore[index]
+        assert answer["stopped"] is True
+        partial = answer_text(head + readers["a"])
+        assert answer["content"] == partial and 0 < len(partial) < len("".join(f"w{n} " for n in range(400)))
+        assert answer_text(head + readers["b"]) == partial
+        chat(client, session_id, "next message works")
+
+
+def test_the_number_of_running_turns_per_user_is_limited(make_service: Callable[..., Service]) -> None:
+    service = make_service(max_concurrent_turns_per_user=2)
+    with service.client() as client:
+        sessions = [start_session(client) for _ in range(3)]
+        read_some(client, sessions[0], SLOW, 1)
+        read_some(client, sessions[1], SLOW, 1)
+        response = client.post("/chat/stream", json={"session_id": sessions[2], "message": "third"})
+        assert response.status_code == 429 and response.json()["code"] == "rate_limited"
+        assert "retry-after" in response.headers
+        wait_until_idle(client, sessions[0])
+        wait_until_idle(client, sessions[1])
+        chat(client, sessions[2], "now there is room")
