@@ -10,6 +10,7 @@ message steer it (they are ignored by real models, and harmless):
 
     [[chunks=N]]        answer with N chunks of filler text
     [[delay_ms=D]]      wait D ms before each chunk (default: the server's setting)
+    [[first_delay_ms=D]] send the headers, then wait D ms before the first chunk (a slow first token)
     [[status=CODE]]     answer the request with HTTP CODE and an OpenAI-style error body
     [[hang]]            send the headers, then nothing (the client's timeout must fire)
     [[hang_after=K]]    send K chunks, then nothing
@@ -86,6 +87,8 @@ class DemoModel:
         head = {"id": "chatcmpl-demo", "object": "chat.completion.chunk", "created": created, "model": model}
         if "hang" in directives:
             await asyncio.sleep(3600)
+        if directives.get("first_delay_ms"):
+            await asyncio.sleep(directives["first_delay_ms"] / 1000)
         yield _sse({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
         for index, piece in enumerate(pieces):
             if index == directives.get("hang_after", -1):

@@ -1,0 +1,410 @@
+"""The benchmark controller: starts Redis, the fake model and the service, runs each scenario
+against the model directly (the baseline) and through the service, and reports both.
+
+    bash bench/run [--quick] [--scenario NAME ...] [--workers 1 2] [--plot] [--profile]
+
+Every number is from this run on this machine; what matters is the ratio to the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import platform
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from bench.limits import raise_open_files
+from bench.report import markdown, plot, target_lines
+from bench.servers import ROOT, ModelServer, RedisServer, ServiceServer, Workdir
+
+RESULTS = ROOT / "bench" / "results"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    users: int
+    turns: int
+    chunks: int
+    delay_ms: int
+    first_delay_ms: int = 0
+    ping_seconds: float = 15.0
+    ramp_seconds: float = 1.0
+    idle: bool = False  # report memory per open stream and keep-alive pings
+
+    @property
+    def message(self) -> str:
+        text = f"[[chunks={self.chunks}]] [[delay_ms={self.delay_ms}]]"
+        return text + (f" [[first_delay_ms={self.first_delay_ms}]]" if self.first_delay_ms else "")
+
+
+FULL = [
+    Scenario("paced-c1", users=1, turns=10, chunks=50, delay_ms=20),
+    Scenario("paced-c100", users=100, turns=5, chunks=50, delay_ms=20),
+    Scenario("paced-c500", users=500, turns=4, chunks=50, delay_ms=20, ramp_seconds=2.0),
+    Scenario("fast-c1", users=1, turns=40, chunks=200, delay_ms=0, ramp_seconds=0),
+    Scenario("fast-c10", users=10, turns=30, chunks=200, delay_ms=0, ramp_seconds=0.1),
+    Scenario("idle-c1000", users=1000, turns=1, chunks=5, delay_ms=0, first_delay_ms=8000, ping_seconds=1.0, idle=True),
+]
+QUICK = [
+    Scenario("paced-c1", users=1, turns=3, chunks=50, delay_ms=20),
+    Scenario("paced-c100", users=100, turns=2, chunks=50, delay_ms=20),
+    Scenario("fast-c10", users=10, turns=5, chunks=200, delay_ms=0, ramp_seconds=0.1),
+    Scenario("idle-c1000", users=200, turns=1, chunks=5, delay_ms=0, first_delay_ms=3000, ping_seconds=1.0, idle=True),
+]
+
+
+def percentile(values: list[float], pct: float) -> float | None:
+    """Nearest-rank percentile; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
+
+
+@dataclass
+class Measured:
+    target: str  # "direct" or "service"
+    workers: int = 0
+    seconds: float = 0.0
+    turns_ok: int = 0
+    turns_planned: int = 0
+    chunks: int = 0
+    events: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    ttft_ms: dict[str, float | None] = field(default_factory=dict)
+    turn_ms: dict[str, float | None] = field(default_factory=dict)
+    pings_min: int | None = None
+    cpu_seconds: float | None = None
+    cpu_us_per_chunk: float | None = None
+    rss_before_mb: float | None = None
+    rss_peak_mb: float | None = None
+    rss_open_mb: float | None = None
+    kb_per_stream: float | None = None
+    redis_commands_per_turn: float | None = None
+    redis_commands: dict[str, int] = field(default_factory=dict)
+    messages_stored: int | None = None
+    histories_checked: int = 0
+    histories_ok: int = 0
+    profile: str | None = None
+
+    @property
+    def turns_per_second(self) -> float:
+        return self.turns_ok / self.seconds if self.seconds else 0.0
+
+    @property
+    def chunks_per_second(self) -> float:
+        return self.chunks / self.seconds if self.seconds else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "turns_per_second": self.turns_per_second, "chunks_per_second": self.chunks_per_second}
+
+
+class LoadGenerator:
+    """A `bench.loadgen` process, driven through its stdin/stdout phases."""
+
+    def __init__(self, config: dict[str, Any], log: Path) -> None:
+        self._log = log.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.loadgen", json.dumps(config)],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            preexec_fn=raise_open_files,
+        )
+
+    def expect(self, phase: str) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            self.process.wait()
+            raise RuntimeError(f"the load generator exited before '{phase}' (see {self._log.name})")
+        message: dict[str, Any] = json.loads(line)
+        if message.get("phase") != phase:
+            raise RuntimeError(f"the load generator said {message.get('phase')!r}, expected {phase!r}")
+        return message
+
+    def send(self, command: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+
+    def close(self) -> None:
+        with contextlib.suppress(BrokenPipeError, OSError):
+            self.send("quit")
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+class PeakSampler:
+    """Samples the service's RSS every 100 ms in a thread; keeps the peak."""
+
+    def __init__(self, service: ServiceServer) -> None:
+        self._service = service
+        self.peak = service.rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            with contextlib.suppress(psutil.Error):
+                self.peak = max(self.peak, self._service.rss_bytes())
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def _loadgen_config(scenario: Scenario, target: str, base_url: str) -> dict[str, Any]:
+    turn_seconds = (scenario.first_delay_ms + scenario.chunks * scenario.delay_ms) / 1000
+    return {
+        "target": target,
+        "base_url": base_url,
+        "users": scenario.users,
+        "turns": scenario.turns,
+        "message": scenario.message,
+        "expected_chunks": scenario.chunks,
+        "ramp_seconds": scenario.ramp_seconds,
+        "turn_timeout": 60.0 + 4 * turn_seconds,
+        "deadline_seconds": 120.0 + scenario.turns * 6 * turn_seconds + scenario.ramp_seconds,
+        "report_open": scenario.idle,
+    }
+
+
+def _fill(measured: Measured, report: dict[str, Any]) -> None:
+    measured.seconds = report["seconds"]
+    measured.turns_ok = report["turns_ok"]
+    measured.turns_planned = report["turns_planned"]
+    measured.chunks = report["chunks"]
+    measured.events = report["events"]
+    measured.errors = report["errors"]
+    measured.ttft_ms = {f"p{p}": percentile(report["ttft_ms"], p) for p in (50, 95, 99)}
+    measured.turn_ms = {f"p{p}": percentile(report["turn_ms"], p) for p in (50, 99)}
+    if report["pings"]:
+        measured.pings_min = min(report["pings"])
+
+
+def run_direct(scenario: Scenario, model: ModelServer, workdir: Path) -> Measured:
+    measured = Measured("direct")
+    loadgen = LoadGenerator(_loadgen_config(scenario, "direct", model.url), workdir / "loadgen.log")
+    try:
+        loadgen.expect("ready")
+        loadgen.send("go")
+        if scenario.idle:
+            loadgen.expect("open")
+        _fill(measured, loadgen.expect("measured"))
+        loadgen.send("verify")
+        loadgen.expect("verified")
+    finally:
+        loadgen.close()
+    return measured
+
+
+def _service_env(scenario: Scenario, redis: RedisServer, model: ModelServer, prefix: str) -> dict[str, str]:
+    return {
+        "REDIS_URL": redis.url,
+        "REDIS_PREFIX": prefix,
+        "OPENAI_BASE_URL": model.url + "/v1",
+        "OPENAI_API_KEY": "bench",
+        "OPENAI_MODEL": "bench",
+        "SECRET_KEY": "bench-" + secrets.token_hex(16),
+        "RATE_LIMIT_PER_MINUTE": "0",
+        "MAX_CONCURRENT_TURNS_PER_USER": "16",
+        "SSE_PING_SECONDS": str(scenario.ping_seconds),
+        "LOG_LEVEL": "info",
+    }
+
+
+def _warm_up(url: str) -> None:
+    """One short turn, so imports, pools and scripts are warm before measuring."""
+    with httpx.Client(base_url=url, timeout=30) as client:
+        session_id = client.post("/chat/start").json()["session_id"]
+        body = {"session_id": session_id, "message": "warm up [[chunks=3]] [[delay_ms=0]]"}
+        with client.stream("POST", "/chat/stream", json=body) as response:
+            response.read()
+
+
+def _count_messages(redis: RedisServer, prefix: str) -> int:
+    with redis.client() as client:
+        return sum(int(client.llen(key)) for key in client.scan_iter(match=f"{prefix}:*:m:*", count=1000))
+
+
+def run_service(
+    scenario: Scenario,
+    redis: RedisServer,
+    model: ModelServer,
+    workdir: Path,
+    workers: int,
+    profile: str | None,
+) -> Measured:
+    measured = Measured("service", workers=workers)
+    prefix = "bench" + secrets.token_hex(4)
+    name = f"{scenario.name}-w{workers}"
+    service = ServiceServer(workdir, _service_env(scenario, redis, model, prefix), workers, name).start()
+    loadgen: LoadGenerator | None = None
+    profiler: subprocess.Popen[bytes] | None = None
+    try:
+        _warm_up(service.url)
+        warm_messages = _count_messages(redis, prefix)
+        loadgen = LoadGenerator(_loadgen_config(scenario, "service", service.url), workdir / "loadgen.log")
+        loadgen.expect("ready")
+        if profile is not None:
+            output = RESULTS / f"profile-{name}.{ {'flamegraph': 'svg', 'speedscope': 'json'}.get(profile, 'txt') }"
+            pid = service.worker_pids()[0]
+            profiler = subprocess.Popen(
+                ["py-spy", "record", "--nonblocking", "-r", "250", "-f", profile, "-o", str(output), "--pid", str(pid)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            measured.profile = str(output)
+            time.sleep(1.0)  # py-spy attaches
+        time.sleep(0.3)
+        rss_before = service.rss_bytes()
+        calls_before = redis.command_calls()
+        cpu_before = service.cpu_seconds()
+        sampler = PeakSampler(service)
+        loadgen.send("go")
+        if scenario.idle:
+            opened = loadgen.expect("open")["opened"]
+            time.sleep(0.5)
+            rss_open = service.rss_bytes()
+            measured.rss_open_mb = rss_open / 2**20
+            measured.kb_per_stream = (rss_open - rss_before) / 1024 / max(opened, 1)
+        report = loadgen.expect("measured")
+        cpu_after = service.cpu_seconds()
+        calls_after = redis.command_calls()
+        measured.rss_peak_mb = sampler.stop() / 2**20
+        measured.rss_before_mb = rss_before / 2**20
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(timeout=60)
+        _fill(measured, report)
+        measured.cpu_seconds = cpu_after - cpu_before
+        measured.cpu_us_per_chunk = measured.cpu_seconds / measured.chunks * 1e6 if measured.chunks else None
+        delta = {name: calls_after.get(name, 0) - calls_before.get(name, 0) for name in calls_after}
+        measured.redis_commands = {name: count for name, count in sorted(delta.items()) if count}
+        turns = max(measured.turns_ok, 1)
+        measured.redis_commands_per_turn = sum(delta.values()) / turns
+        loadgen.send("verify")
+        verified = loadgen.expect("verified")
+        measured.histories_checked = verified["histories_checked"]
+        measured.histories_ok = verified["histories_ok"]
+        measured.messages_stored = _count_messages(redis, prefix) - warm_messages
+    finally:
+        if profiler is not None and profiler.poll() is None:
+            profiler.kill()
+        if loadgen is not None:
+            loadgen.close()
+        service.stop()
+    return measured
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{psutil.cpu_count()} cores ({cpu}), Python {platform.python_version()}, {platform.system()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench", description="Benchmark the chat relay against the direct model.")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: fewer users and turns")
+    parser.add_argument("--scenario", action="append", help="run only this scenario (repeatable); see --list")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1], help="service worker counts to compare")
+    parser.add_argument("--plot", action="store_true", help="draw TTFT and throughput against concurrency (PNG)")
+    parser.add_argument(
+        "--profile",
+        choices=["flamegraph", "speedscope", "raw"],
+        help="record a py-spy profile of the (first) service worker during each scenario's turns",
+    )
+    parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    args = parser.parse_args(argv)
+    scenarios = QUICK if args.quick else FULL
+    if args.list:
+        for scenario in scenarios:
+            print(f"{scenario.name}: {scenario.users} users x {scenario.turns} turns, {scenario.message}")
+        return 0
+    if args.scenario:
+        unknown = set(args.scenario) - {s.name for s in scenarios}
+        if unknown:
+            parser.error(f"unknown scenario(s) {sorted(unknown)}; choose from {[s.name for s in scenarios]}")
+        scenarios = [s for s in scenarios if s.name in args.scenario]
+    raise_open_files()
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    workdir = Workdir()
+    redis = RedisServer(workdir.path).start()
+    model = ModelServer(workdir.path).start()
+    rows: list[dict[str, Any]] = []
+    try:
+        for scenario in scenarios:
+            print(f"== {scenario.name}: {scenario.users} users x {scenario.turns} turns ({scenario.message})")
+            direct = run_direct(scenario, model, workdir.path)
+            print(f"   direct : {_summary(direct)}")
+            services = []
+            for workers in args.workers:
+                measured = run_service(scenario, redis, model, workdir.path, workers, args.profile)
+                print(f"   service: {_summary(measured)}")
+                services.append(measured)
+            rows.append(
+                {"scenario": asdict(scenario), "direct": direct.to_dict(), "service": [m.to_dict() for m in services]}
+            )
+    finally:
+        model.stop()
+        redis.stop()
+    result = {"date": stamp, "machine": machine(), "quick": args.quick, "rows": rows}
+    table = markdown(result)
+    (RESULTS / f"bench-{stamp}.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / f"bench-{stamp}.md").write_text(table)
+    (RESULTS / "latest.md").write_text(table)
+    print()
+    print(table)
+    for line in target_lines(result):
+        print(line)
+    if args.plot:
+        print(f"plot: {plot(result, RESULTS / f'bench-{stamp}.png')}")
+    print(f"results: {RESULTS / f'bench-{stamp}.json'}")
+    if args.profile:
+        print(f"profiles: {RESULTS}/profile-*")
+    workdir.cleanup()
+    return 0
+
+
+def _summary(m: Measured) -> str:
+    text = (
+        f"{m.turns_ok}/{m.turns_planned} turns, {m.chunks_per_second:.0f} chunks/s, "
+        f"TTFT p50 {_ms(m.ttft_ms.get('p50'))} p99 {_ms(m.ttft_ms.get('p99'))}, errors {m.errors or 0}"
+    )
+    if m.cpu_us_per_chunk is not None:
+        text += f", {m.cpu_us_per_chunk:.1f} us CPU/chunk, {m.redis_commands_per_turn:.1f} Redis cmds/turn"
+    return text
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
