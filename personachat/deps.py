@@ -10,6 +10,8 @@ from fastapi import Depends, Request
 from config import Settings
 from personachat.history import HistoryStore
 from personachat.identity import ApiKeyStore, Identity, IdentityResolver
+from personachat.keyspace import KeySpace
+from personachat.maintenance import Maintenance
 from personachat.personas import PersonaCatalog
 from personachat.redisconn import Redis
 from personachat.turns import TurnService
@@ -52,9 +54,16 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
+def get_maintenance(request: Request) -> Maintenance:
+    services = get_services(request)
+    keys = KeySpace(services.settings.redis_prefix)
+    return Maintenance(services.redis, keys, history_ttl_seconds=services.settings.history_ttl_seconds)
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
 IdentityDep = Annotated[Identity, Depends(get_identity)]
 StoreDep = Annotated[HistoryStore, Depends(get_store)]
 TurnsDep = Annotated[TurnService, Depends(get_turns)]
 PersonasDep = Annotated[PersonaCatalog, Depends(get_personas)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+MaintenanceDep = Annotated[Maintenance, Depends(get_maintenance)]

@@ -22,7 +22,7 @@ import orjson
 
 from personachat.history import SessionInfo, _session_info, now_iso
 from personachat.keyspace import KeySpace, is_session_id, is_user_id
-from personachat.redisconn import Redis
+from personachat.redisconn import Redis, translate_redis_errors
 
 EXPORT_FORMAT = "personachat-export"
 EXPORT_VERSION = 1
@@ -204,12 +204,14 @@ class Maintenance:
 
     # -- deleting sessions --------------------------------------------------------------------
 
+    @translate_redis_errors
     async def count_sessions(self, user: str | None = None, idle_before_ms: float | None = None) -> int:
         total = 0
         async for _ in self.session_refs(user, idle_before_ms):
             total += 1
         return total
 
+    @translate_redis_errors
     async def delete_sessions(
         self,
         user: str | None = None,
@@ -262,6 +264,7 @@ class Maintenance:
 
     # -- orphans ------------------------------------------------------------------------------
 
+    @translate_redis_errors
     async def clean_orphans(self, *, dry_run: bool = False, on_batch: BatchHook = _noop) -> Tally:
         """Remove what no longer belongs to a session: turn streams and message lists whose
         session is gone, index entries pointing at deleted sessions, and expired entries of
@@ -345,6 +348,7 @@ class Maintenance:
 
     # -- counting ------------------------------------------------------------------------------
 
+    @translate_redis_errors
     async def stats(self, on_batch: BatchHook = _noop) -> Stats:
         """Users, sessions, messages, keys and memory of every key under the prefix."""
         stats = Stats()
@@ -379,6 +383,7 @@ class Maintenance:
 
     # -- export and import ---------------------------------------------------------------------
 
+    @translate_redis_errors
     async def export(self, user: str, session_id: str | None = None) -> dict[str, Any]:
         """A JSON-ready document with the user's sessions (or one), metadata and messages."""
         refs = [SessionRef(user, session_id)] if session_id else [r async for r in self.session_refs(user)]
@@ -406,6 +411,7 @@ class Maintenance:
         sessions.sort(key=lambda item: (item["last_activity_ms"] or 0, item["session_id"]), reverse=True)
         return {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "exported_at": now_iso(), "sessions": sessions}
 
+    @translate_redis_errors
     async def import_(self, document: Any, on_batch: BatchHook = _noop) -> tuple[int, int]:
         """Write the sessions of an export; returns (imported, skipped because present)."""
         sessions = validate_export(document)

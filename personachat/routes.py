@@ -5,17 +5,27 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, Query, Response
 from fastapi.responses import FileResponse
 from sse_starlette import EventSourceResponse
 
-from personachat.deps import IdentityDep, PersonasDep, ServicesDep, SettingsDep, StoreDep, TurnsDep
+from personachat.deps import (
+    IdentityDep,
+    MaintenanceDep,
+    PersonasDep,
+    ServicesDep,
+    SettingsDep,
+    StoreDep,
+    TurnsDep,
+)
 from personachat.errors import InvalidRequest, StoreUnavailable
+from personachat.export import session_markdown
 from personachat.redisconn import UNREACHABLE
 from personachat.schemas import (
     ClearResponse,
+    DeleteAllResponse,
     DeleteResponse,
     ErrorResponse,
     HistoryResponse,
@@ -115,10 +125,32 @@ async def _stream(turns: Any, ping: float, request: TurnRequest, resume: str | N
     return EventSourceResponse(reader, ping=ping, shutdown_event=None, shutdown_grace_period=5)
 
 
-@router.get("/chat/history", response_model=HistoryResponse, tags=["chat"])
-async def history(identity: IdentityDep, store: StoreDep, session_id: SessionIdQuery) -> HistoryResponse:
-    """The session's messages, oldest first."""
+MARKDOWN = "text/markdown; charset=utf-8"
+
+
+@router.get(
+    "/chat/history",
+    response_model=HistoryResponse,
+    tags=["chat"],
+    responses={200: {"content": {"text/markdown": {"schema": {"type": "string"}}}}},
+)
+async def history(
+    identity: IdentityDep,
+    store: StoreDep,
+    session_id: SessionIdQuery,
+    format_: Annotated[
+        Literal["json", "markdown"],
+        Query(alias="format", description="`markdown`: the session as a readable Markdown document."),
+    ] = "json",
+) -> HistoryResponse | Response:
+    """The session's messages, oldest first.
+
+    With `format=markdown` the answer is a Markdown export of the session (`text/markdown`):
+    its title, persona and times, then each message under a heading naming its speaker.
+    """
     session, messages = await store.messages(identity.user_id, session_id)
+    if format_ == "markdown":
+        return Response(session_markdown(session, messages), media_type=MARKDOWN)
     return HistoryResponse(
         session_id=session.session_id,
         role=session.role,
@@ -141,6 +173,18 @@ async def list_sessions(identity: IdentityDep, store: StoreDep) -> SessionsRespo
     """The caller's sessions, newest activity first."""
     sessions = [SessionSummary(**asdict(session)) for session in await store.list_sessions(identity.user_id)]
     return SessionsResponse(sessions=sessions, total=len(sessions))
+
+
+@router.delete("/chat/sessions", response_model=DeleteAllResponse, tags=["sessions"])
+async def delete_all_sessions(identity: IdentityDep, maintenance: MaintenanceDep) -> DeleteAllResponse:
+    """Delete all of the caller's sessions and their messages.
+
+    A session in which an answer is being generated is not deleted: it is skipped and listed
+    in `skipped_running`, and the request still succeeds (200). Stop it (`POST /chat/stop`),
+    or wait for the answer, and call again to delete it too.
+    """
+    tally = await maintenance.delete_sessions(identity.user_id)
+    return DeleteAllResponse(deleted=tally.deleted, skipped_running=[ref.session_id for ref in tally.skipped_running])
 
 
 @router.delete("/chat/sessions/{session_id}", response_model=DeleteResponse, tags=["sessions"])

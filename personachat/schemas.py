@@ -77,6 +77,13 @@ class DeleteResponse(BaseModel):
     deleted: bool = True
 
 
+class DeleteAllResponse(BaseModel):
+    deleted: int = Field(description="How many sessions were deleted, with their messages.")
+    skipped_running: list[str] = Field(
+        description="Sessions left in place because an answer is being generated in them; stop it and call again."
+    )
+
+
 class StopResponse(BaseModel):
     session_id: str
     turn_id: str | None = Field(description="The turn that was asked to stop; null when none was running.")
