@@ -133,7 +133,8 @@ def test_a_second_message_while_a_turn_runs_is_409_and_two_racing_requests_have_
     def send(number: int) -> None:
         with httpx.Client(base_url=str(client.base_url), cookies=client.cookies, timeout=30) as racer:
             barrier.wait()
-            body = {"session_id": session_id, "message": f"race {number} [[chunks=3]]"}
+            # The winner's answer lasts a second, so every racer arrives while it runs.
+            body = {"session_id": session_id, "message": f"race {number} [[chunks=20]] [[delay_ms=50]]"}
             with racer.stream("POST", "/chat/stream", json=body) as response:
                 statuses.append(response.status_code)
                 response.read()
