@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx
 
-from tests.conftest import FakeModel, chat, history, start_session
+from tests.conftest import FakeModel, Service, chat, history, start_session
 from tests.sse import answer_text
 
 
@@ -134,3 +136,14 @@ def test_health_readiness_docs_and_page(client: httpx.Client) -> None:
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "script-src 'self'" in page.headers["content-security-policy"]
+
+
+def test_keep_alive_pings_flow_while_the_model_is_slow_to_answer(make_service: Callable[..., Service]) -> None:
+    service = make_service(sse_ping_seconds=0.2)
+    with service.client() as client:
+        session_id = start_session(client)
+        body = {"session_id": session_id, "message": "[[chunks=2]] [[delay_ms=700]]"}
+        with client.stream("POST", "/chat/stream", json=body) as response:
+            raw = response.read().decode()
+    assert raw.count(": ping") >= 3  # comments, which EventSource ignores
+    assert raw.rstrip().endswith('"finish_reason":"stop"}')
