@@ -53,7 +53,7 @@ def test_a_bad_roles_file_names_the_file_and_the_problem(tmp_path: Path, content
 
 
 def test_a_missing_roles_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(PersonaFileError, match="nope.yaml"):
+    with pytest.raises(PersonaFileError, match=r"nope\.yaml"):
         load_catalog(tmp_path / "nope.yaml")
 
 
