@@ -68,8 +68,13 @@ class Settings(BaseSettings):
     default_role: str = "assistant"
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
 
-    @field_validator("openai_api_key", "secret_key", mode="before")
+    # GET /metrics (Prometheus). With a token, scrapers send `Authorization: Bearer <token>`.
+    metrics_enabled: bool = True
+    metrics_token: SecretStr | None = None
+
+    @field_validator("openai_api_key", "secret_key", "metrics_token", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

@@ -28,6 +28,8 @@ from personachat.history import HistoryStore, Limits
 from personachat.identity import ApiKeyStore, IdentityCookieMiddleware, IdentityResolver
 from personachat.keyspace import KeySpace
 from personachat.llm import ModelClient, create_openai_client
+from personachat.logs import RequestLogMiddleware
+from personachat.metrics import router as metrics_router
 from personachat.personas import load_catalog
 from personachat.redisconn import create_redis
 from personachat.routes import STATIC_DIR, router
@@ -122,10 +124,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.include_router(router)
+    app.include_router(metrics_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(
         IdentityCookieMiddleware, cookie_name=settings.cookie_name, max_age=settings.cookie_max_age_days * 86_400
     )
+    app.add_middleware(RequestLogMiddleware)  # added last: outermost, so it times and tags everything
     _install_error_handlers(app)
     return app
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.config
 import os
 import signal
 import sys
+from pathlib import Path
 
 import sse_starlette  # noqa: F401  (imported first: it hooks uvicorn's exit handler for SSE streams)
 import uvicorn
@@ -34,7 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=settings.port, help="port (PORT, default %(default)s)")
     parser.add_argument("--workers", type=int, default=settings.workers, help="worker processes (WORKERS)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.workers > 1:
+        _prepare_multiprocess_metrics(settings.data_dir)
+    from personachat.logs import logging_config  # after the line above: it imports prometheus-client
+
+    log_config = logging_config(settings.log_level, settings.log_format)
+    logging.config.dictConfig(log_config)
 
     try:
         load_catalog(settings.roles_file, settings.default_role)
@@ -64,12 +71,24 @@ def main(argv: list[str] | None = None) -> int:
             port=args.port,
             workers=args.workers,
             log_level=settings.log_level,
+            log_config=log_config,  # each worker applies it: LOG_FORMAT=json holds for every line
+            access_log=False,  # personachat.logs writes one line per request instead
             timeout_graceful_shutdown=15,
         )
     finally:
         if embedded is not None:
             embedded.stop()
     return 0
+
+
+def _prepare_multiprocess_metrics(data_dir: Path) -> None:
+    """Workers share their metrics through files (prometheus-client's multiprocess mode):
+    use PROMETHEUS_MULTIPROC_DIR if set, else DATA_DIR/metrics, emptied of a previous run's."""
+    folder = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or data_dir / "metrics")
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder.resolve())
 
 
 def _exit_normally(signum: int, frame: object) -> None:

@@ -17,6 +17,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from personachat import metrics
 from personachat.errors import StoreUnavailable
 
 # redis-py's command annotations mix the sync and async clients and bytes/str replies, so
@@ -61,6 +62,7 @@ def translate_redis_errors(func: Callable[P, Awaitable[T]]) -> Callable[P, Await
         try:
             return await func(*args, **kwargs)
         except UNREACHABLE as exc:
+            metrics.REDIS_ERRORS.inc()
             raise StoreUnavailable() from exc
 
     return wrapper

@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from personachat import metrics
 from personachat.errors import (
     ChatError,
     EmptyMessage,
@@ -258,6 +259,7 @@ class TurnService:
         consume = asyncio.create_task(self._consume(run, prompt, answer, completion))
         stop = asyncio.create_task(run.stop.wait())
         started = time.monotonic()
+        metrics.turn_started()
         try:
             done, _ = await asyncio.wait({consume, stop}, timeout=self._deadline, return_when=asyncio.FIRST_COMPLETED)
             if consume in done and consume.exception() is None:
@@ -282,13 +284,10 @@ class TurnService:
             stop.cancel()
             self._runs.pop(run.turn_id, None)
             run.finish()
+            outcome = metrics.turn_ended(run.payloads[-1], time.monotonic() - started, len(answer))
             logger.info(
                 "turn ended",
-                extra={
-                    "turn_id": run.turn_id,
-                    "events": len(run.payloads),
-                    "seconds": round(time.monotonic() - started, 3),
-                },
+                extra={"turn_id": run.turn_id, "session_id": run.session_id, "events": len(run.payloads), **outcome},
             )
 
     async def _consume(
@@ -296,11 +295,14 @@ class TurnService:
     ) -> None:
         persona = run.persona
         flusher: asyncio.Task[None] | None = None
+        started = time.monotonic()
         try:
             async for text in self._model.stream(
                 prompt, completion, model=persona.model, temperature=persona.temperature
             ):
                 answer.append(text)
+                if flusher is None:  # the first chunk
+                    metrics.first_chunk(time.monotonic() - started)
                 run.append({"type": "chunk", "content": text})
                 if len(run.payloads) >= self._max_events - 1:  # keep room for the final event
                     completion.finish_reason = "length"
