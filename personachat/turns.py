@@ -389,6 +389,11 @@ class TurnService:
 
     # -- process life -------------------------------------------------------------------
 
+    @property
+    def active_turns(self) -> int:
+        """Turns running in this process (their tasks included: none outlives its turn)."""
+        return max(len(self._runs), len(self._tasks))
+
     def start_background(self) -> None:
         self._poller = asyncio.create_task(self._poll_stops(), name="turn-stop-poller")
 

@@ -35,6 +35,7 @@ class FakeModel:
 class Service:
     base_url: str
     settings: Settings
+    app: Any = None
 
     def client(self, **options: Any) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, **{"timeout": 30, **options})
@@ -89,9 +90,10 @@ def make_service(make_settings: Callable[..., Settings]) -> Iterator[Callable[..
 
     def make(**overrides: Any) -> Service:
         settings = make_settings(**overrides)
-        server = ThreadedServer(create_app(settings)).start()
+        app = create_app(settings)
+        server = ThreadedServer(app).start()
         servers.append(server)
-        return Service(server.base_url, settings)
+        return Service(server.base_url, settings, app)
 
     yield make
     for server in servers:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import httpx
 
 from tests.conftest import FakeModel, Service, chat, history, start_session
+from tests.servers import RedisProcess
 from tests.sse import Event, answer_text, collect, iter_events
 
 SLOW = "[[chunks=40]] [[delay_ms=25]]"  # a one-second answer: w0 w1 ... w39
@@ -194,3 +195,26 @@ def test_the_number_of_running_turns_per_user_is_limited(make_service: Callable[
         wait_until_idle(client, sessions[0])
         wait_until_idle(client, sessions[1])
         chat(client, sessions[2], "now there is room")
+
+
+def test_a_turn_is_capped_in_events_and_leaves_no_task_behind(
+    make_service: Callable[..., Service], redis_server: RedisProcess
+) -> None:
+    service = make_service(max_turn_events=12)
+    turns = service.app.state.services.turns
+    with service.client() as client:
+        session_id = start_session(client)
+        events = chat(client, session_id, "[[chunks=50]]")
+        assert len(events) <= 12 and events[-1].data["finish_reason"] == "length"
+        stored = history(client, session_id)
+        assert stored["messages"][1]["content"] == answer_text(events)  # what was sent is what is kept
+        read_some(client, session_id, SLOW, 2)  # a reader that leaves early
+        wait_until_idle(client, session_id)
+        for other in range(3):
+            chat(client, start_session(client), f"turn {other}")
+    deadline = time.monotonic() + 5
+    while turns.active_turns and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert turns.active_turns == 0
+    stream_keys = list(redis_server.client().scan_iter(f"{service.settings.redis_prefix}:*:t:*"))
+    assert stream_keys and all(0 < redis_server.client().ttl(key) <= 3600 for key in stream_keys)
