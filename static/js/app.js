@@ -1,0 +1,639 @@
+// The chat page: personas, sessions, sending a message and following its answer.
+//
+// State that survives a reload lives in localStorage: the current session id, and the message
+// of a turn still being answered (the history stores a turn only when it ends, so after a
+// reload mid-answer this is how the page can show the question above the resumed answer).
+
+import { api } from "./api.js";
+import { Conversation, element } from "./conversation.js";
+import { applyTranslations, detectLanguage, hasKey, language, safeStorage, setLanguage, t } from "./i18n.js";
+import { icon } from "./icons.js";
+import { Sidebar } from "./sidebar.js";
+import { streamTurn } from "./stream.js";
+
+const SESSION_KEY = "personachat.session";
+const PENDING_KEY = "personachat.pending";
+const STOP_GRACE_MS = 8000;
+const LOST_RECOVERIES = 3;
+// Errors that the same message cannot fix by being sent again.
+const NO_RETRY = new Set(["session_not_found", "message_too_long", "empty_message", "invalid_request",
+  "not_authenticated", "invalid_api_key"]);
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  layout: $("layout"),
+  title: $("chat-title"),
+  clearButton: $("clear-button"),
+  demoNote: $("demo-note"),
+  scroller: $("conversation"),
+  welcome: $("welcome"),
+  cards: $("persona-cards"),
+  messages: $("messages"),
+  composer: $("composer"),
+  input: $("composer-input"),
+  personaSelect: $("persona-select"),
+  personaDescription: $("persona-description"),
+  sendButton: $("send-button"),
+  stopButton: $("stop-button"),
+  languageSelect: $("language-select"),
+  newChat: $("new-chat"),
+  toast: $("toast"),
+  dialog: $("confirm-dialog"),
+};
+
+const state = {
+  roles: [],
+  roleByKey: new Map(),
+  defaultRole: null,
+  sessionId: null,
+  title: "",
+  selectedRole: null,
+  sending: false, // between pressing Enter and the stream opening (a new chat is being started)
+  turn: null, // the answer this page is following: { sessionId, stream, answer, message, role, ... }
+  loadToken: 0,
+};
+
+let conversation;
+let sidebar;
+
+init();
+
+async function init() {
+  setLanguage(detectLanguage());
+  ui.languageSelect.value = language();
+  conversation = new Conversation({
+    scroller: ui.scroller,
+    list: ui.messages,
+    announcer: $("announcer"),
+    jumpButton: $("jump-button"),
+    onCopy: copyText,
+  });
+  sidebar = new Sidebar({
+    layout: ui.layout,
+    sidebar: $("sidebar"),
+    list: $("session-list"),
+    empty: $("sessions-empty"),
+    menuButton: $("menu-button"),
+    closeButton: $("sidebar-close"),
+    scrim: $("scrim"),
+    onOpen: (id) => openSession(id),
+    onDelete: deleteSession,
+    personaName,
+  });
+  bindControls();
+  try {
+    await loadRoles();
+  } catch (error) {
+    conversation.addAnswer("").fail(messageFor(error), { onRetry: () => location.reload() });
+  }
+  const sessionsLoaded = refreshSessions();
+  const saved = safeStorage(() => localStorage.getItem(SESSION_KEY));
+  if (saved) await openSession(saved, { restoring: true });
+  else showDraft();
+  await sessionsLoaded;
+  document.body.dataset.ready = "true";
+}
+
+function bindControls() {
+  ui.composer.addEventListener("submit", (event) => {
+    event.preventDefault();
+    submit();
+  });
+  ui.input.addEventListener("keydown", (event) => {
+    // Enter sends, Shift+Enter is a new line; never send while an IME is composing (Chinese input).
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing && event.keyCode !== 229) {
+      event.preventDefault();
+      submit();
+    } else if (event.key === "Escape" && state.turn) {
+      event.preventDefault();
+      stopAnswer();
+    }
+  });
+  ui.input.addEventListener("input", () => {
+    autosize();
+    updateSendButton();
+  });
+  ui.stopButton.addEventListener("click", () => stopAnswer());
+  ui.personaSelect.addEventListener("change", () => selectRole(ui.personaSelect.value));
+  ui.newChat.addEventListener("click", () => {
+    sidebar.closeDrawer({ restoreFocus: false });
+    showDraft();
+  });
+  ui.clearButton.addEventListener("click", () => clearSession());
+  ui.languageSelect.addEventListener("change", () => {
+    setLanguage(ui.languageSelect.value, { remember: true });
+    sidebar.render();
+    updatePersonaUi();
+    updateChrome();
+  });
+}
+
+// -- personas ------------------------------------------------------------------------------
+
+async function loadRoles() {
+  const data = await api.roles();
+  state.roles = data.roles;
+  state.roleByKey = new Map(data.roles.map((role) => [role.key, role]));
+  state.defaultRole = data.default_role;
+  ui.demoNote.hidden = !data.demo_model;
+  ui.personaSelect.replaceChildren(
+    ...data.roles.map((role) => {
+      const option = element("option", "", role.name);
+      option.value = role.key;
+      return option;
+    }),
+  );
+  ui.cards.replaceChildren(
+    ...data.roles.map((role) => {
+      const card = element("button", "persona-card");
+      card.type = "button";
+      card.dataset.role = role.key;
+      card.append(element("span", "persona-card-avatar", role.name.charAt(0).toUpperCase()),
+        element("span", "persona-card-name", role.name), element("span", "persona-card-description", role.description));
+      card.firstChild.setAttribute("aria-hidden", "true");
+      card.addEventListener("click", () => {
+        selectRole(role.key);
+        ui.input.focus();
+      });
+      return card;
+    }),
+  );
+  selectRole(state.defaultRole);
+}
+
+function personaName(key) {
+  return state.roleByKey.get(key)?.name || key || "";
+}
+
+/** The persona for the next message (sent as `role` with it). */
+function selectRole(key) {
+  state.selectedRole = state.roleByKey.has(key) ? key : state.defaultRole;
+  updatePersonaUi();
+}
+
+function updatePersonaUi() {
+  const role = state.roleByKey.get(state.selectedRole);
+  if (role) ui.personaSelect.value = role.key;
+  ui.personaDescription.textContent = role ? role.description : "";
+  ui.input.placeholder = role ? t("placeholder", { name: role.name }) : t("placeholderDefault");
+  for (const card of ui.cards.children) {
+    card.setAttribute("aria-pressed", String(card.dataset.role === state.selectedRole));
+  }
+}
+
+// -- sessions ------------------------------------------------------------------------------
+
+async function refreshSessions() {
+  try {
+    const { sessions } = await api.sessions();
+    sidebar.setSessions(sessions);
+    const current = sessions.find((session) => session.session_id === state.sessionId);
+    if (current && current.title !== state.title) {
+      state.title = current.title;
+      updateChrome();
+    }
+  } catch {
+    // the list stays as it was; the next change refreshes it again
+  }
+}
+
+/** A new chat: nothing is created on the server until the first message is sent. */
+function showDraft() {
+  detachTurn();
+  state.loadToken += 1;
+  state.sessionId = null;
+  state.title = "";
+  safeStorage(() => localStorage.removeItem(SESSION_KEY));
+  conversation.clear();
+  sidebar.setCurrent(null);
+  updatePersonaUi();
+  updateChrome();
+  ui.input.focus();
+}
+
+async function openSession(id, { restoring = false } = {}) {
+  if (id === state.sessionId && !restoring) return;
+  detachTurn();
+  const token = ++state.loadToken;
+  let history;
+  try {
+    history = await api.history(id);
+  } catch (error) {
+    if (token !== state.loadToken) return;
+    if (error.code === "session_not_found") {
+      setPending(id, null);
+      showDraft();
+      if (!restoring) toast(t("chatGone"));
+      refreshSessions();
+    } else {
+      showDraft();
+      toast(`${t("loadFailed")} ${messageFor(error)}`);
+    }
+    return;
+  }
+  if (token !== state.loadToken) return;
+  state.sessionId = id;
+  state.title = history.title || "";
+  safeStorage(() => localStorage.setItem(SESSION_KEY, id));
+  conversation.clear();
+  for (const message of history.messages) showStored(message);
+  selectRole(history.role);
+  sidebar.setCurrent(id);
+  const pending = pendingFor(id);
+  if (history.running_turn_id) {
+    // An answer is being written right now (a reload mid-answer, or another tab): replay it
+    // from its first event and follow it live.
+    const userRow = pending ? conversation.addUser(pending.message) : null;
+    const answer = conversation.addAnswer(personaName(history.role));
+    answer.pending();
+    follow({ sessionId: id, answer, message: pending?.message ?? null, role: pending?.role ?? null, userRow,
+      resumeFrom: `${history.running_turn_id}:0` });
+  } else if (pending) {
+    // The page went away before this message's answer ended, and it was never stored.
+    setPending(id, null);
+    if (!history.messages.some((message) => pending.turnId && message.turn_id === pending.turnId)) {
+      const userRow = conversation.addUser(pending.message);
+      const answer = conversation.addAnswer(personaName(pending.role));
+      showFailure({ sessionId: id, answer, message: pending.message, role: pending.role, userRow },
+        { code: "no_answer" });
+    }
+  }
+  updateChrome();
+  conversation.scrollToEnd();
+}
+
+function showStored(message) {
+  if (message.role === "user") {
+    conversation.addUser(message.content);
+  } else {
+    const answer = conversation.addAnswer(personaName(message.persona));
+    answer.showStored(message.content, { stopped: Boolean(message.stopped) });
+  }
+}
+
+async function deleteSession(id, title, button) {
+  const ok = await confirm({
+    title: t("deleteConfirmTitle"),
+    body: t("deleteConfirmBody", { title }),
+    ok: t("deleteConfirmOk"),
+  });
+  if (!ok) {
+    button.focus();
+    return;
+  }
+  try {
+    await api.remove(id);
+  } catch (error) {
+    if (error.code !== "session_not_found") {
+      toast(messageFor(error));
+      return;
+    }
+  }
+  setPending(id, null);
+  if (id === state.sessionId) showDraft();
+  toast(t("chatDeleted"));
+  await refreshSessions();
+}
+
+async function clearSession() {
+  const id = state.sessionId;
+  if (!id || state.turn) return;
+  const ok = await confirm({ title: t("clearConfirmTitle"), body: t("clearConfirmBody"), ok: t("clearConfirmOk") });
+  if (!ok) {
+    ui.clearButton.focus();
+    return;
+  }
+  try {
+    await api.clear(id);
+  } catch (error) {
+    toast(messageFor(error));
+    return;
+  }
+  if (id !== state.sessionId) return;
+  conversation.clear();
+  updateChrome();
+  toast(t("chatCleared"));
+  ui.input.focus();
+  refreshSessions();
+}
+
+// -- sending and following an answer -----------------------------------------------------
+
+function submit() {
+  const text = ui.input.value;
+  if (!text.trim()) return;
+  if (state.turn || state.sending) {
+    toast(t("waitForAnswer"));
+    return;
+  }
+  ui.input.value = "";
+  autosize();
+  send(text, state.selectedRole);
+}
+
+async function send(message, role, userRow = null) {
+  state.sending = true;
+  setStreaming(true);
+  let sessionId = state.sessionId;
+  if (!sessionId) {
+    try {
+      const started = await api.start(role);
+      sessionId = started.session_id;
+      state.sessionId = sessionId;
+      state.title = "";
+      safeStorage(() => localStorage.setItem(SESSION_KEY, sessionId));
+      sidebar.setCurrent(sessionId);
+      if (started.welcome_message) {
+        conversation.addAnswer(personaName(started.role), { welcome: true }).showStored(started.welcome_message);
+      }
+    } catch (error) {
+      state.sending = false;
+      setStreaming(false);
+      const row = userRow || conversation.addUser(message);
+      const answer = conversation.addAnswer(personaName(role));
+      showFailure({ sessionId: null, answer, message, role, userRow: row }, error);
+      updateChrome();
+      return;
+    }
+  }
+  const row = userRow || conversation.addUser(message);
+  const answer = conversation.addAnswer(personaName(role));
+  answer.pending();
+  if (!state.title) state.title = message.trim().slice(0, 60); // as the server will title it
+  conversation.scrollToEnd();
+  setPending(sessionId, { message, role });
+  state.sending = false;
+  follow({ sessionId, answer, message, role, userRow: row, resumeFrom: null });
+  updateChrome();
+}
+
+/** Listen to a turn's events (a new message, or `resumeFrom` an event id) until it ends. */
+function follow({ sessionId, answer, message, role, userRow, resumeFrom }) {
+  const turn = { sessionId, answer, message, role, userRow, turnId: null, stream: null, recoveries: 0 };
+  state.turn = turn;
+  setStreaming(true);
+  turn.stream = streamTurn({ sessionId, message, role, resumeFrom }, handlersFor(turn));
+}
+
+function handlersFor(turn) {
+  const current = () => state.turn === turn;
+  return {
+    onStart(event) {
+      if (!current()) return;
+      turn.turnId = event.turn_id;
+      turn.answer.setPersona(personaName(event.role));
+      if (turn.message !== null) setPending(turn.sessionId, { message: turn.message, role: turn.role, turnId: event.turn_id });
+      if (turn.stopRequested) api.stop(turn.sessionId).catch(() => {});
+      refreshSessions();
+    },
+    onChunk(text) {
+      if (current()) turn.answer.append(text);
+    },
+    onEnd(event) {
+      if (!current()) return;
+      endTurn(turn);
+      const stopped = event.finish_reason === "stopped";
+      turn.answer.finish({ stopped });
+      if (stopped) conversation.announce(t("stoppedAnnounce"));
+      setPending(turn.sessionId, null);
+      refreshSessions();
+    },
+    onError(error) {
+      if (!current()) return;
+      endTurn(turn);
+      setPending(turn.sessionId, null);
+      showFailure(turn, error);
+      refreshSessions();
+    },
+    onLost() {
+      if (current()) recover(turn);
+    },
+  };
+}
+
+/** The stream ended with no final event and cannot resume: ask the history what happened. */
+async function recover(turn) {
+  let history = null;
+  try {
+    history = await api.history(turn.sessionId);
+  } catch {
+    // treated as lost below
+  }
+  if (state.turn !== turn) return;
+  if (history?.running_turn_id && turn.recoveries < LOST_RECOVERIES) {
+    turn.recoveries += 1;
+    turn.answer.reset();
+    turn.stream = streamTurn({ sessionId: turn.sessionId, resumeFrom: `${history.running_turn_id}:0` },
+      handlersFor(turn));
+    return;
+  }
+  endTurn(turn);
+  setPending(turn.sessionId, null);
+  const stored = history?.messages.find((m) => m.role === "assistant" && turn.turnId && m.turn_id === turn.turnId);
+  if (stored) {
+    turn.answer.text = stored.content;
+    turn.answer.finish({ stopped: Boolean(stored.stopped) });
+  } else {
+    showFailure(turn, { code: "turn_lost" });
+  }
+  refreshSessions();
+}
+
+function showFailure(turn, error) {
+  const code = error.code === "invalid_api_key" ? "not_authenticated" : error.code;
+  const canRetry = turn.message !== null && turn.message !== undefined && !NO_RETRY.has(code);
+  const retry = () => {
+    if (state.turn || state.sending) {
+      toast(t("waitForAnswer"));
+      return false;
+    }
+    turn.answer.remove();
+    send(turn.message, state.selectedRole || turn.role, turn.userRow);
+    return true;
+  };
+  turn.answer.fail(messageFor({ ...error, code }), { onRetry: canRetry ? retry : null, retryAfter: error.retryAfter || 0 });
+  if (!canRetry && turn.message && !ui.input.value) {
+    // Let the person edit and resend it (too long, or the chat is gone).
+    ui.input.value = turn.message;
+    autosize();
+    updateSendButton();
+  }
+  if (code === "session_not_found" && turn.sessionId === state.sessionId) {
+    safeStorage(() => localStorage.removeItem(SESSION_KEY));
+    state.sessionId = null;
+    sidebar.setCurrent(null);
+    refreshSessions();
+  }
+}
+
+async function stopAnswer() {
+  const turn = state.turn;
+  if (!turn || turn.stopping) return;
+  turn.stopping = true;
+  ui.stopButton.disabled = true;
+  turn.stopRequested = true;
+  try {
+    await api.stop(turn.sessionId);
+  } catch (error) {
+    toast(messageFor(error));
+  }
+  // Every reader gets `end` with finish_reason "stopped"; if it never comes, stop waiting.
+  turn.stopTimer = setTimeout(() => {
+    if (state.turn !== turn) return;
+    turn.stream.close();
+    endTurn(turn);
+    turn.answer.finish({ stopped: true });
+    setPending(turn.sessionId, null);
+    refreshSessions();
+  }, STOP_GRACE_MS);
+}
+
+function endTurn(turn) {
+  clearTimeout(turn.stopTimer);
+  if (state.turn === turn) state.turn = null;
+  setStreaming(false);
+  updateChrome();
+}
+
+/** Stop following the current answer (switching chats): the turn goes on and is stored. */
+function detachTurn() {
+  const turn = state.turn;
+  if (!turn) return;
+  turn.stream.close();
+  clearTimeout(turn.stopTimer);
+  state.turn = null;
+  setStreaming(false);
+}
+
+function messageFor(error) {
+  if (error.code === "rate_limited" && error.retryAfter) return t("err_rate_limited_wait", { seconds: error.retryAfter });
+  const key = `err_${error.code}`;
+  return hasKey(key) ? t(key) : t("err_unknown");
+}
+
+// -- small pieces of the page ------------------------------------------------------------
+
+function setStreaming(on) {
+  ui.composer.classList.toggle("is-streaming", on);
+  ui.sendButton.hidden = on;
+  ui.stopButton.hidden = !on;
+  ui.stopButton.disabled = false;
+  updateSendButton();
+}
+
+function updateSendButton() {
+  ui.sendButton.disabled = !ui.input.value.trim() || Boolean(state.turn) || state.sending;
+}
+
+function updateChrome() {
+  const draft = !state.sessionId;
+  ui.title.textContent = draft ? t("newChat") : state.title || t("untitled");
+  ui.clearButton.hidden = draft || conversation.isEmpty;
+  ui.clearButton.disabled = Boolean(state.turn);
+  ui.welcome.hidden = !conversation.isEmpty;
+  ui.scroller.classList.toggle("is-empty", conversation.isEmpty);
+}
+
+const AUTOSIZE_BY_CSS = typeof CSS !== "undefined" && CSS.supports("field-sizing", "content");
+
+function autosize() {
+  if (AUTOSIZE_BY_CSS) return;
+  ui.input.style.height = "auto"; // CSSOM, not a style attribute: allowed by the page's CSP
+  ui.input.style.height = `${Math.min(ui.input.scrollHeight, 240)}px`;
+}
+
+function pendingAll() {
+  try {
+    return JSON.parse(localStorage.getItem(PENDING_KEY) || "{}") || {};
+  } catch {
+    return {};
+  }
+}
+
+function pendingFor(sessionId) {
+  const entry = pendingAll()[sessionId];
+  return entry && typeof entry.message === "string" ? entry : null;
+}
+
+function setPending(sessionId, entry) {
+  if (!sessionId) return;
+  const all = pendingAll();
+  if (entry) all[sessionId] = entry;
+  else delete all[sessionId];
+  safeStorage(() => localStorage.setItem(PENDING_KEY, JSON.stringify(all)));
+}
+
+let toastTimer = 0;
+
+function toast(message) {
+  ui.toast.textContent = message;
+  ui.toast.hidden = false;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => {
+    ui.toast.hidden = true;
+  }, 4000);
+}
+
+function confirm({ title, body, ok }) {
+  $("confirm-title").textContent = title;
+  $("confirm-body").textContent = body;
+  $("confirm-ok").textContent = ok;
+  ui.dialog.returnValue = "";
+  ui.dialog.showModal();
+  $("confirm-cancel").focus();
+  return new Promise((resolve) => {
+    ui.dialog.addEventListener("close", () => resolve(ui.dialog.returnValue === "ok"), { once: true });
+  });
+}
+
+async function copyText(text, button) {
+  let copied = false;
+  try {
+    await navigator.clipboard.writeText(text);
+    copied = true;
+  } catch {
+    copied = legacyCopy(text); // no clipboard API (plain http on another host)
+  }
+  if (!copied) {
+    toast(t("copyFailed"));
+    return;
+  }
+  const label = button.querySelector(".action-label");
+  button.classList.add("is-copied");
+  button.querySelector("svg")?.replaceWith(icon("check"));
+  if (label) label.textContent = t("copied");
+  else toast(t("copied"));
+  setTimeout(() => {
+    button.classList.remove("is-copied");
+    button.querySelector("svg")?.replaceWith(icon("copy"));
+    if (label) label.textContent = t("copy");
+  }, 1500);
+}
+
+function legacyCopy(text) {
+  const area = element("textarea", "visually-hidden");
+  area.value = text;
+  area.setAttribute("readonly", "");
+  document.body.append(area);
+  area.select();
+  let ok = false;
+  try {
+    ok = document.execCommand("copy");
+  } catch {
+    ok = false;
+  }
+  area.remove();
+  return ok;
+}
+
+// Re-translate the static page when the language changes in another tab.
+window.addEventListener("storage", (event) => {
+  if (event.key === "personachat.language" && event.newValue && event.newValue !== language()) {
+    setLanguage(event.newValue);
+    ui.languageSelect.value = language();
+    applyTranslations(document);
+    sidebar.render();
+    updatePersonaUi();
+    updateChrome();
+  }
+});
