@@ -69,9 +69,9 @@ class TurnLog:
 
     @translate_redis_errors
     async def read_after(
-        self, user: str, session_id: str, turn_id: str, after_seq: int, block_ms: int
+        self, user: str, session_id: str, turn_id: str, after_seq: int, block_ms: int | None
     ) -> list[tuple[int, bytes]]:
-        """The events after `after_seq`, waiting up to `block_ms` for the first one."""
+        """The events after `after_seq`, waiting up to `block_ms` for the first one (None: no wait)."""
         key = self._keys.turn(user, session_id, turn_id)
         reply = await self._redis.xread({key: f"0-{after_seq}"}, block=block_ms)
         events = []

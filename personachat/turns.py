@@ -226,9 +226,10 @@ class TurnService:
         """The events of a turn from its Redis stream (a turn of another instance, or finished)."""
         prefix = turn_id.encode() + b":"
         position = after
+        block: int | None = REMOTE_BLOCK_MS
         while True:
             try:
-                events = await self._log.read_after(user, session_id, turn_id, position, REMOTE_BLOCK_MS)
+                events = await self._log.read_after(user, session_id, turn_id, position, block)
             except StoreUnavailable as exc:
                 yield error_frame(prefix, position + 1, exc)
                 return
@@ -237,14 +238,21 @@ class TurnService:
                 position = seq
                 if is_terminal(payload):
                     return
-            if not events and not await self._still_running(user, session_id, turn_id):
-                # The turn's lock is gone but no final event came: its process died.
+            if events:
+                block = REMOTE_BLOCK_MS
+            elif self.closing:
+                yield error_frame(prefix, position + 1, ServerShutdown())
+                return
+            elif block is None:
+                # The lock is gone and a last look found no final event: the turn's process died.
                 yield error_frame(prefix, position + 1, TurnLost())
                 return
+            elif not await self._still_running(user, session_id, turn_id):
+                # The final event and the lock's release are written together, but the final
+                # event may have landed just after the blocking read returned: look once more.
+                block = None
 
     async def _still_running(self, user: str, session_id: str, turn_id: str) -> bool:
-        if self.closing:
-            return False
         try:
             session = await self._store.get_session(user, session_id)
         except ChatError:
