@@ -29,7 +29,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from config import Settings
@@ -343,7 +343,8 @@ def sessions_list(
     rows.sort(key=lambda row: row["last_activity"], reverse=True)
 
     def table() -> None:
-        out = Table("session", "user", "title", "messages", "last activity")
+        out = Table("user", "title", "messages", "last activity")
+        out.columns.insert(0, Column("session", no_wrap=True, min_width=32))
         for row in rows:
             out.add_row(row["session_id"], row["user"], row["title"], str(row["messages"]), row["last_activity"])
         Console().print(out)

@@ -28,17 +28,24 @@ EXPORT_FORMAT = "personachat-export"
 EXPORT_VERSION = 1
 SCAN_COUNT = 1_000
 
-# KEYS: session hash, messages, lock, user index. ARGV: session id, cutoff ms ("+inf": any age).
-# Returns -1 when a turn is running, -2 when the session was active after the cutoff, else
-# the number of keys unlinked (0: it was already gone, only its index entry was left).
+# KEYS: session hash, messages, lock, user index. ARGV: session id, cutoff ms ("+inf": any
+# age), "1" for a dry run. Returns {status, keys, bytes}: status 1 when deleted (or, in a dry
+# run, it would be), -1 when a turn is running, -2 when active again after the cutoff.
 _DELETE_SESSION = """
-if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+if redis.call('EXISTS', KEYS[3]) == 1 then return {-1, 0, 0} end
 local score = redis.call('ZSCORE', KEYS[4], ARGV[1])
 local cutoff = tonumber(ARGV[2]) or math.huge
-if score and tonumber(score) > cutoff then return -2 end
-local unlinked = redis.call('UNLINK', KEYS[1], KEYS[2])
-redis.call('ZREM', KEYS[4], ARGV[1])
-return unlinked
+if score and tonumber(score) > cutoff then return {-2, 0, 0} end
+local keys, bytes = 0, 0
+for i = 1, 2 do
+  local size = redis.call('MEMORY', 'USAGE', KEYS[i])
+  if size then keys = keys + 1; bytes = bytes + size end
+end
+if ARGV[3] ~= '1' then
+  redis.call('UNLINK', KEYS[1], KEYS[2])
+  redis.call('ZREM', KEYS[4], ARGV[1])
+end
+return {1, keys, bytes}
 """
 
 # KEYS: session hash, lock, orphan key. Unlinks the key only while its session is still gone.
@@ -224,41 +231,28 @@ class Maintenance:
         all or only those idle since before `idle_before_ms`. Running sessions are skipped."""
         tally = Tally()
         cutoff = "+inf" if idle_before_ms is None else str(int(idle_before_ms))
+        sha = await self._redis.script_load(_DELETE_SESSION)  # on every primary of a cluster
         async for batch in _batched(self.session_refs(user, idle_before_ms), self.batch_size):
-            keys = [
-                (self._keys.session(r.user, r.session_id), self._keys.messages(r.user, r.session_id)) for r in batch
-            ]
             async with self._redis.pipeline(transaction=False) as pipe:
-                for ref, (session_key, messages_key) in zip(batch, keys, strict=True):
-                    pipe.memory_usage(session_key)
-                    pipe.memory_usage(messages_key)
-                    pipe.exists(self._keys.lock(ref.user, ref.session_id))
-                    pipe.exists(session_key, messages_key)
-                sizes = await pipe.execute()
-            if dry_run:
-                for i, ref in enumerate(batch):
-                    if sizes[4 * i + 2]:
-                        tally.skipped_running.append(ref)
-                        continue
-                    tally.count("sessions")
-                    tally.bytes += (sizes[4 * i] or 0) + (sizes[4 * i + 1] or 0)
-                    tally.keys += sizes[4 * i + 3]
-                on_batch(len(batch))
-                continue
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for ref, (session_key, messages_key) in zip(batch, keys, strict=True):
-                    lock, index = self._keys.lock(ref.user, ref.session_id), self._keys.sessions(ref.user)
-                    pipe.eval(_DELETE_SESSION, 4, session_key, messages_key, lock, index, ref.session_id, cutoff)
+                for ref in batch:
+                    keys = [
+                        self._keys.session(ref.user, ref.session_id),
+                        self._keys.messages(ref.user, ref.session_id),
+                        self._keys.lock(ref.user, ref.session_id),
+                        self._keys.sessions(ref.user),
+                    ]
+                    pipe.evalsha(sha, 4, *keys, ref.session_id, cutoff, "1" if dry_run else "0")
                 results = await pipe.execute()
-            for i, (ref, result) in enumerate(zip(batch, results, strict=True)):
-                if result == -1:
+            for ref, (status, keys_gone, size) in zip(batch, results, strict=True):
+                if status == -1:
                     tally.skipped_running.append(ref)
-                elif result == -2:
+                elif status == -2:
                     tally.skipped_active += 1
                 else:
-                    tally.count("sessions")
-                    tally.keys += result
-                    tally.bytes += (sizes[4 * i] or 0) + (sizes[4 * i + 1] or 0)
+                    # An index entry whose session had expired is dropped too, and told apart.
+                    tally.count("sessions" if keys_gone else "index entries")
+                    tally.keys += keys_gone
+                    tally.bytes += size
             on_batch(len(batch))
         return tally
 
