@@ -61,6 +61,7 @@ class Results:
     events: int = 0  # SSE events carrying them
     errors: dict[str, int] = field(default_factory=dict)
     opened: int = 0
+    settled: int = 0
     first_start: float = 0.0
     last_end: float = 0.0
 
@@ -86,6 +87,7 @@ class User:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=config.turn_timeout),
         )
         self.session_id = ""
+        self.opened = False
         self.expected = "".join(f"w{index} " for index in range(config.expected_chunks))
 
     async def start(self) -> None:
@@ -107,13 +109,13 @@ class User:
                     else:
                         text, first = await self._direct_turn(message, began, turn == 0)
             except TurnFailed as exc:
-                self.results.error(exc.kind)
+                self._failed(exc.kind, turn == 0)
                 continue
             except TimeoutError:
-                self.results.error("timeout")
+                self._failed("timeout", turn == 0)
                 continue
             except aiohttp.ClientError as exc:
-                self.results.error(f"client_{type(exc).__name__}")
+                self._failed(f"client_{type(exc).__name__}", turn == 0)
                 continue
             ended = time.perf_counter()
             if text != self.expected:
@@ -127,8 +129,19 @@ class User:
     def _opened(self, first_turn: bool) -> None:
         if first_turn:
             self.results.opened += 1
-            if self.results.opened == self.config.users:
-                self.all_open.set()
+            self._settled()
+
+    def _failed(self, kind: str, first_turn: bool) -> None:
+        self.results.error(kind)
+        if first_turn and not self.opened:
+            self._settled()
+
+    def _settled(self) -> None:
+        """Every user's first stream is open, or has failed before opening."""
+        self.opened = True
+        self.results.settled += 1
+        if self.results.settled == self.config.users:
+            self.all_open.set()
 
     async def _service_turn(self, message: str, began: float, first_turn: bool) -> tuple[str, float]:
         body = {"session_id": self.session_id, "message": message}
