@@ -27,6 +27,7 @@ import click
 import orjson
 import typer
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
@@ -168,6 +169,8 @@ def run(job: Callable[[Tools], Awaitable[T]]) -> T:
         fail(f"Redis is unreachable: {exc}")
     except ChatError as exc:
         fail(exc.message)
+    except RedisError as exc:  # e.g. a command refused by the server: say which, in one line
+        fail(f"Redis refused the operation: {exc}")
     except KeyboardInterrupt:
         fail("interrupted; what was done is kept, run the same command again to finish", code=130)
 

@@ -231,7 +231,6 @@ class Maintenance:
         all or only those idle since before `idle_before_ms`. Running sessions are skipped."""
         tally = Tally()
         cutoff = "+inf" if idle_before_ms is None else str(int(idle_before_ms))
-        sha = await self._redis.script_load(_DELETE_SESSION)  # on every primary of a cluster
         async for batch in _batched(self.session_refs(user, idle_before_ms), self.batch_size):
             async with self._redis.pipeline(transaction=False) as pipe:
                 for ref in batch:
@@ -241,7 +240,8 @@ class Maintenance:
                         self._keys.lock(ref.user, ref.session_id),
                         self._keys.sessions(ref.user),
                     ]
-                    pipe.evalsha(sha, 4, *keys, ref.session_id, cutoff, "1" if dry_run else "0")
+                    # EVAL, not EVALSHA: cluster pipelines refuse EVALSHA (Redis caches the script anyway).
+                    pipe.eval(_DELETE_SESSION, 4, *keys, ref.session_id, cutoff, "1" if dry_run else "0")
                 results = await pipe.execute()
             for ref, (status, keys_gone, size) in zip(batch, results, strict=True):
                 if status == -1:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from typing import Any
 import orjson
 import pytest
 import redis
+import redis.cluster
 from typer.testing import CliRunner
 
 from config import Settings
@@ -31,6 +33,7 @@ from personachat.maintenance import Maintenance
 from personachat.redisconn import create_redis
 from tests.conftest import ROOT, Service, chat, start_session
 from tests.servers import RedisProcess
+from tests.test_cluster import RedisCluster
 
 DAY_MS = 86_400_000
 USERS = 250
@@ -385,3 +388,36 @@ def test_chatctl_runs_as_a_process(chatctl: Chatctl, r: redis.Redis, keys: KeySp
     failed = subprocess.run([*command, "keys", "list"], env=env, cwd=ROOT, capture_output=True, timeout=60, check=False)
     assert failed.returncode == 1 and failed.stderr.startswith(b"error: Redis is unreachable")
     assert failed.stderr.count(b"\n") == 1
+
+
+# -- on a Redis Cluster -------------------------------------------------------------------------------
+
+
+def test_cleanup_export_and_stats_on_a_redis_cluster(tmp_path: Path) -> None:
+    cluster = RedisCluster().start()
+    try:
+        client = redis.cluster.RedisCluster(host="127.0.0.1", port=cluster.ports[0])
+        keys = KeySpace("clu" + secrets.token_hex(3))
+        seed(client, keys, users=30, per_user=10, old=6)
+        client.set(f"{keys.prefix}x:{{user0}}:s:{sid(0, 0)}", b"decoy")
+        client.xadd(keys.turn("user3", "3" * 32, "a" * 16), {"s": 1, "d": b"{}"}, id="0-1")  # an orphan
+        assert all(count > 0 for count in cluster.keys_per_primary(keys.prefix))  # users spread over primaries
+        chatctl = Chatctl(cluster.url, keys.prefix, tmp_path)
+        chatctl.env["REDIS_CLUSTER"] = "true"
+
+        stats = chatctl.json("stats")
+        assert (stats["users"], stats["sessions"], stats["messages"]) == (30, 300, 600)
+        assert chatctl.json("cleanup", "--idle-days", "30", "--dry-run")["idle_sessions"]["deleted"] == 180
+        assert chatctl.json("cleanup", "--orphans", "--dry-run")["orphans"]["by_kind"] == {"turn streams": 1}
+        done = chatctl.json("cleanup", "--idle-days", "30", "--orphans", "--yes", "--batch-size", "50")
+        assert done["idle_sessions"]["deleted"] == 180 and done["orphans"]["deleted"] == 1
+        assert chatctl.json("stats")["sessions"] == 120
+        assert chatctl.json("sessions", "list", "--user", "user5")["total"] == 4
+        exported = chatctl("export", "--user", "user5").stdout
+        assert chatctl.json("history", "clear", "--user", "user5", "--yes")["deleted"] == 4
+        (tmp_path / "user5.json").write_text(exported)
+        assert chatctl.json("import", str(tmp_path / "user5.json"))["imported"] == 4
+        assert client.get(f"{keys.prefix}x:{{user0}}:s:{sid(0, 0)}") == b"decoy"
+        client.close()
+    finally:
+        cluster.stop()
