@@ -211,7 +211,7 @@ def test_cleanup_idle_sessions_dry_run_then_interrupted_then_resumed(
     asyncio.run(interrupted())
     remaining = sum(1 for _ in r.scan_iter(match=f"{keys.prefix}:{{*}}:s:*", count=5_000))
     first_run = USERS * PER_USER - remaining
-    assert first_run == 1_500
+    assert first_run in (1_499, 1_500)  # three batches of 500, one of them maybe the running session
 
     # ... and run again, finishes the job: exactly the idle sessions are gone.
     started = time.monotonic()
