@@ -1,4 +1,8 @@
-"""The services a request can use, built once in the app's lifespan, and their typed dependencies."""
+"""The services a request can use, built once in the app's lifespan, and their typed dependencies.
+
+Every dependency is `async def`: FastAPI runs a plain `def` dependency in the thread pool,
+which costs a thread hop per request and makes the workers contend with the event loop.
+"""
 
 from __future__ import annotations
 
@@ -28,34 +32,38 @@ class Services:
     personas: PersonaCatalog
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
 
 async def get_identity(request: Request) -> Identity:
-    return await get_services(request).identity.resolve(request)
+    services: Services = request.app.state.services
+    return await services.identity.resolve(request)
 
 
-def get_store(request: Request) -> HistoryStore:
-    return get_services(request).store
+async def get_store(request: Request) -> HistoryStore:
+    services: Services = request.app.state.services
+    return services.store
 
 
-def get_turns(request: Request) -> TurnService:
-    return get_services(request).turns
+async def get_turns(request: Request) -> TurnService:
+    services: Services = request.app.state.services
+    return services.turns
 
 
-def get_personas(request: Request) -> PersonaCatalog:
-    return get_services(request).personas
+async def get_personas(request: Request) -> PersonaCatalog:
+    services: Services = request.app.state.services
+    return services.personas
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_maintenance(request: Request) -> Maintenance:
-    services = get_services(request)
+async def get_maintenance(request: Request) -> Maintenance:
+    services: Services = request.app.state.services
     keys = KeySpace(services.settings.redis_prefix)
     return Maintenance(services.redis, keys, history_ttl_seconds=services.settings.history_ttl_seconds)
 
