@@ -210,7 +210,9 @@ class Tab:
 
 
 @pytest.fixture
-def open_tab(browser: Browser) -> Iterator[Callable[..., Tab]]:
+def open_tab(browser: Browser, make_service: Callable[..., Service]) -> Iterator[Callable[..., Tab]]:
+    # Depends on make_service so that the pages close before the servers stop (a page whose
+    # server went away would log failed requests).
     tabs: list[Tab] = []
 
     def open_(service: Service, *, viewport: dict[str, int] | None = None, **options: Any) -> Tab:
@@ -244,7 +246,10 @@ def screenshot(page: Page, name: str) -> None:
 def seed_chats(tab: Tab) -> None:
     """A few earlier chats in the sidebar, made through the API with the page's identity."""
     with tab.api() as client:
-        for role, message in (("assistant", "Plan a 3-day trip to Kyoto"), ("teacher", "Explain photosynthesis simply")):
+        for role, message in (
+            ("assistant", "Plan a 3-day trip to Kyoto"),
+            ("teacher", "Explain photosynthesis simply"),
+        ):
             session_id = client.post("/chat/start", json={"role": role}).json()["session_id"]
             client.post("/chat/stream", json={"session_id": session_id, "message": message}).read()
 
@@ -290,17 +295,21 @@ def test_a_message_streams_in_as_rendered_markdown_with_highlighted_copyable_cod
     expect(announcer).to_contain_text("Here are three common ways")
     expect(announcer).to_contain_text("See the Python tutorial for more.")
 
-    answer.locator(".code-block button", has_text="Copy").click()
-    expect(answer.locator(".code-block button")).to_have_text("Copied")
-    copied = page.evaluate("navigator.clipboard.readText()")
-    assert copied.startswith(RICH_CODE_FIRST_LINE) and copied.rstrip().endswith('print(f"{number:>4}  {line.rstrip()}")')
-
     # The chat appears in the sidebar, titled by its first message, as the current one.
     current = page.locator(".session[aria-current]")
     expect(current.locator(".session-title")).to_have_text(RICH_PROMPT)
     expect(page.locator(".session")).to_have_count(3)
     page.mouse.move(0, 0)
+    page.locator("#toast").evaluate("toast => { toast.hidden = true; }")  # the "wait for the answer" notice
+    page.locator(".message-user").evaluate("row => row.scrollIntoView({ block: 'start' })")
     screenshot(page, "screenshot-desktop")
+
+    answer.locator(".code-block button", has_text="Copy").click()
+    expect(answer.locator(".code-block button")).to_have_text("Copied")
+    copied = page.evaluate("navigator.clipboard.readText()")
+    assert copied.startswith(RICH_CODE_FIRST_LINE) and copied.rstrip().endswith(
+        'print(f"{number:>4}  {line.rstrip()}")'
+    )
 
     with tab.api() as client:
         stored = client.get("/chat/sessions").json()["sessions"]
@@ -335,6 +344,16 @@ def test_enter_sends_shift_enter_adds_a_line_and_empty_input_cannot_be_sent(
     send.click()
     expect(page.locator(".message-user")).to_have_count(2)
     expect(tab.answers.nth(1)).to_contain_text("Earlier messages in this conversation: 2")
+
+    # A message too long for a URL goes by POST; one longer than the limit is refused kindly.
+    long = "word " * 1500
+    answer = tab.chat(long)
+    expect(answer).to_contain_text("You said: “word word word")
+    expect(page.locator(".message-user .user-text").last).to_have_text(long)
+    tab.allowed.append(re.compile("status of 413"))
+    too_long = tab.chat("x" * (service.settings.max_message_chars + 1))
+    expect(too_long.locator(".error-box")).to_contain_text("Your message is too long")
+    expect(tab.input).to_have_value("x" * (service.settings.max_message_chars + 1))
     tab.assert_clean()
 
 
@@ -560,10 +579,14 @@ def test_a_failed_turn_explains_itself_and_retry_sends_the_message_again(
 
 
 # EventSource cannot read an error answer; Chromium logs the refused request itself.
-REFUSED_REQUEST = re.compile(r"EventSource|Failed to load resource: the server responded with a status of (409|404|429)")
+REFUSED_REQUEST = re.compile(
+    r"EventSource|Failed to load resource: the server responded with a status of (409|404|429)"
+)
 
 
-def test_errors_before_streaming_get_specific_messages(open_tab: Callable[..., Tab], make_service: Callable[..., Service]) -> None:
+def test_errors_before_streaming_get_specific_messages(
+    open_tab: Callable[..., Tab], make_service: Callable[..., Service]
+) -> None:
     service = make_service(rate_limit_per_minute=2)
     tab = open_tab(service)
     tab.allowed.append(REFUSED_REQUEST)
@@ -664,8 +687,8 @@ def test_a_phone_sized_screen_has_no_horizontal_scroll_and_a_drawer_for_chats(
 
     def assert_fits() -> None:
         widths = page.evaluate(
-            """() => [document.documentElement.scrollWidth, document.body.scrollWidth,
-                     document.getElementById('conversation').scrollWidth, document.getElementById('main').scrollWidth]"""
+            """() => [document.documentElement, document.body, document.getElementById('conversation'),
+                     document.getElementById('main')].map((el) => el.scrollWidth)"""
         )
         assert max(widths) <= PHONE["width"], widths
         overflowing = page.evaluate(
@@ -688,6 +711,7 @@ def test_a_phone_sized_screen_has_no_horizontal_scroll_and_a_drawer_for_chats(
     page.locator("#menu-button").click()
     expect(page.locator("#sidebar")).to_be_in_viewport()
     expect(page.locator(".session")).to_have_count(3)
+    page.wait_for_timeout(300)  # the drawer slides in
     screenshot(page, "phone-drawer")
     page.keyboard.press("Escape")
     expect(page.locator("#sidebar")).not_to_be_in_viewport()
@@ -716,6 +740,7 @@ def test_the_page_speaks_the_browsers_language_and_can_switch(open_tab: Callable
     expect(page.locator("html")).to_have_attribute("lang", "en")
     expect(page.locator("#new-chat")).to_have_text("New chat")
     expect(answer.locator(".retry-button")).to_have_text("Try again")
+    expect(answer.locator(".error-box")).to_contain_text("The AI model ran into a problem")
     expect(page.locator("#composer-hint")).to_have_text("Enter to send · Shift+Enter for a new line")
     tab.reload()
     expect(page.locator("#new-chat")).to_have_text("New chat")

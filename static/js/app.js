@@ -84,7 +84,7 @@ async function init() {
   try {
     await loadRoles();
   } catch (error) {
-    conversation.addAnswer("").fail(messageFor(error), { onRetry: () => location.reload() });
+    conversation.addAnswer("").fail(() => messageFor(error), { onRetry: () => location.reload() });
   }
   const sessionsLoaded = refreshSessions();
   const saved = safeStorage(() => localStorage.getItem(SESSION_KEY));
@@ -122,6 +122,7 @@ function bindControls() {
   ui.clearButton.addEventListener("click", () => clearSession());
   ui.languageSelect.addEventListener("change", () => {
     setLanguage(ui.languageSelect.value, { remember: true });
+    conversation.retranslate();
     sidebar.render();
     updatePersonaUi();
     updateChrome();
@@ -183,12 +184,17 @@ function updatePersonaUi() {
 
 // -- sessions ------------------------------------------------------------------------------
 
+let sessionsRequest = 0;
+
 async function refreshSessions() {
+  // Answers can arrive out of order (one asked at a turn's start, one at its end): keep the newest.
+  const request = ++sessionsRequest;
   try {
     const { sessions } = await api.sessions();
+    if (request !== sessionsRequest) return;
     sidebar.setSessions(sessions);
     const current = sessions.find((session) => session.session_id === state.sessionId);
-    if (current && current.title !== state.title) {
+    if (current && current.title && current.title !== state.title) {
       state.title = current.title;
       updateChrome();
     }
@@ -451,7 +457,10 @@ function showFailure(turn, error) {
     send(turn.message, state.selectedRole || turn.role, turn.userRow);
     return true;
   };
-  turn.answer.fail(messageFor({ ...error, code }), { onRetry: canRetry ? retry : null, retryAfter: error.retryAfter || 0 });
+  turn.answer.fail(() => messageFor({ ...error, code }), {
+    onRetry: canRetry ? retry : null,
+    retryAfter: error.retryAfter || 0,
+  });
   if (!canRetry && turn.message && !ui.input.value) {
     // Let the person edit and resend it (too long, or the chat is gone).
     ui.input.value = turn.message;
@@ -632,6 +641,7 @@ window.addEventListener("storage", (event) => {
     setLanguage(event.newValue);
     ui.languageSelect.value = language();
     applyTranslations(document);
+    conversation.retranslate();
     sidebar.render();
     updatePersonaUi();
     updateChrome();

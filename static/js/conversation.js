@@ -58,6 +58,11 @@ export class Conversation {
     return answer;
   }
 
+  /** After a change of language: texts that were built from the string tables. */
+  retranslate() {
+    for (const row of this.list.children) row.answer?.retranslate();
+  }
+
   announce(text) {
     const clean = text.replace(/\s+/g, " ").trim();
     if (!clean) return;
@@ -219,8 +224,10 @@ export class Answer {
     this.finish({ stopped });
   }
 
-  /** The turn failed: a friendly message, and a retry button when trying again can help. */
+  /** The turn failed: a friendly message, and a retry button when trying again can help.
+   * `message` is a function, so that the text follows a change of language. */
   fail(message, { onRetry = null, retryAfter = 0 } = {}) {
+    this.errorMessage = message;
     if (this.thinking) {
       this.thinking.remove();
       this.thinking = null;
@@ -231,7 +238,8 @@ export class Answer {
     this.content.removeAttribute("aria-busy");
     const box = element("div", "error-box");
     box.setAttribute("role", "alert");
-    box.append(icon("warning"), element("span", "error-text", message));
+    this.errorText = element("span", "error-text", message());
+    box.append(icon("warning"), this.errorText);
     if (onRetry) {
       const retry = element("button", "retry-button");
       retry.type = "button";
@@ -250,6 +258,10 @@ export class Answer {
     this.status.replaceChildren(box);
     this.conversation.afterChange();
     return box;
+  }
+
+  retranslate() {
+    if (this.errorText && this.errorMessage) this.errorText.textContent = this.errorMessage();
   }
 
   remove() {
