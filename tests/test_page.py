@@ -619,6 +619,43 @@ def test_errors_before_streaming_get_specific_messages(
     tab.assert_clean()
 
 
+def test_an_unreachable_server_or_store_is_explained_with_a_retry(
+    open_tab: Callable[..., Tab], service: Service
+) -> None:
+    tab = open_tab(service)
+    tab.allowed.append(re.compile(r"status of 503|net::ERR_FAILED|EventSource"))
+    page = tab.page
+    tab.chat("keep me")
+
+    failures: list[str] = []
+
+    def store_down_once(route: Any) -> None:
+        if failures:
+            route.continue_()
+            return
+        failures.append(route.request.url)
+        body = {"code": "store_unavailable", "detail": "Redis is unreachable"}
+        route.fulfill(status=503, json=body, headers={"Retry-After": "2"})
+
+    page.route("**/chat/history?*", store_down_once)
+    tab.reload()
+    error = page.locator(".error-box")
+    expect(error).to_contain_text("The chat history storage is unavailable right now")
+    error.locator(".retry-button").click()
+    expect(page.locator(".message-user .user-text")).to_have_text(["keep me"])
+    expect(tab.answers).to_have_count(1)
+
+    page.route("**/chat/stream*", lambda route: route.abort())
+    lost = tab.chat("hello?")
+    expect(lost.locator(".error-box")).to_contain_text("Could not reach the server")
+    page.unroute("**/chat/stream*")
+    lost.locator(".retry-button").click()
+    expect(tab.answers.last).to_contain_text("You said: “hello?”")
+    expect(tab.answers.last).not_to_have_class(STREAMING)
+    expect(page.locator(".message-user")).to_have_count(2)
+    tab.assert_clean()
+
+
 def test_hostile_markup_from_the_user_or_the_model_stays_inert(
     open_tab: Callable[..., Tab], rich_service: Service
 ) -> None:

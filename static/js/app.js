@@ -194,7 +194,7 @@ async function refreshSessions() {
     if (request !== sessionsRequest) return;
     sidebar.setSessions(sessions);
     const current = sessions.find((session) => session.session_id === state.sessionId);
-    if (current && current.title && current.title !== state.title) {
+    if (current && current.title !== state.title) {
       state.title = current.title;
       updateChrome();
     }
@@ -232,8 +232,15 @@ async function openSession(id, { restoring = false } = {}) {
       if (!restoring) toast(t("chatGone"));
       refreshSessions();
     } else {
-      showDraft();
-      toast(`${t("loadFailed")} ${messageFor(error)}`);
+      // Likely passing (the store is restarting, the network blinked): keep the chat, offer a retry.
+      state.sessionId = id;
+      state.title = "";
+      conversation.clear();
+      conversation.addAnswer("").fail(() => `${t("loadFailed")} ${messageFor(error)}`, {
+        onRetry: () => openSession(id, { restoring: true }),
+      });
+      sidebar.setCurrent(id);
+      updateChrome();
     }
     return;
   }
@@ -365,7 +372,6 @@ async function send(message, role, userRow = null) {
   const row = userRow || conversation.addUser(message);
   const answer = conversation.addAnswer(personaName(role));
   answer.pending();
-  if (!state.title) state.title = message.trim().slice(0, 60); // as the server will title it
   conversation.scrollToEnd();
   setPending(sessionId, { message, role });
   state.sending = false;

@@ -143,7 +143,8 @@ export class Answer {
 
   setPersona(name) {
     this.nameEl.textContent = name || "";
-    this.avatar.textContent = (name || "?").trim().charAt(0).toUpperCase();
+    this.avatar.textContent = (name || "").trim().charAt(0).toUpperCase();
+    this.avatar.hidden = !name;
   }
 
   /** Waiting for the first words. */
