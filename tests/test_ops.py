@@ -98,7 +98,7 @@ def delta(before: dict[Any, float], after: dict[Any, float], name: str, **labels
 def test_metrics_count_requests_turns_chunks_and_errors(client: httpx.Client) -> None:
     session_id = start_session(client)
     before = scrape(client)
-    events = chat(client, session_id, "[[chunks=7]]")
+    events = chat(client, session_id, "[[chunks=7]] [[delay_ms=10]]")  # paced: one event per chunk
     assert events[-1].type == "end"
     failed = chat(client, session_id, "[[status=500]]")
     assert failed[-1].data["code"] == "upstream_error"
@@ -172,7 +172,7 @@ def test_json_logs_have_a_line_per_request_and_per_turn_without_contents(
     with service.client(headers={"Authorization": f"Bearer {chatctl_key}", "X-Request-ID": "req-1"}) as http:
         session_id = start_session(http)
     with service.client(headers={"Authorization": f"Bearer {chatctl_key}", "X-Request-ID": "req-2"}) as http:
-        chat(http, session_id, f"{secret_message} [[chunks=3]]")
+        chat(http, session_id, f"{secret_message} [[chunks=3]] [[delay_ms=10]]")
     with service.client() as anonymous:
         start_session(anonymous)
         cookie = next(iter(anonymous.cookies.values()))

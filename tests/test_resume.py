@@ -92,7 +92,7 @@ def test_a_turn_started_on_one_instance_resumes_on_another(make_service: Callabl
 
 def test_resuming_a_finished_turn_replays_it_and_after_its_end_says_no_content(client: httpx.Client) -> None:
     session_id = start_session(client)
-    events = chat(client, session_id, "[[chunks=5]]")
+    events = chat(client, session_id, "[[chunks=5]] [[delay_ms=20]]")  # paced: one event per chunk
     turn_id = events[0].data["turn_id"]
     replay = resume(client, session_id, f"{turn_id}:0")
     assert [(e.id, e.data) for e in replay] == [(e.id, e.data) for e in events]
