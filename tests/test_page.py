@@ -9,9 +9,12 @@ test-output/ (and, with UPDATE_SCREENSHOTS=1, to docs/ for the README).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
+import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -616,6 +619,84 @@ def test_errors_before_streaming_get_specific_messages(
     expect(gone.locator(".error-box")).to_contain_text("This chat no longer exists")
     expect(gone.locator(".retry-button")).to_have_count(0)
     expect(tab.input).to_have_value("four")
+    tab.assert_clean()
+
+
+def test_a_model_that_does_not_answer_times_out_with_a_kind_message(
+    open_tab: Callable[..., Tab], make_service: Callable[..., Service]
+) -> None:
+    tab = open_tab(make_service(upstream_timeout_seconds=0.5))
+    answer = tab.chat("[[hang]] are you there?")
+    expect(answer.locator(".error-box")).to_contain_text("The AI model took too long to answer")
+    tab.assert_clean()
+
+
+class CuttableProxy:
+    """A TCP proxy on a free loopback port to a local server; cut() drops every open connection."""
+
+    def __init__(self, base_url: str) -> None:
+        self.target = int(base_url.rsplit(":", 1)[1])
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.base_url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.sockets: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            with self.lock:
+                self.sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        with self.lock:
+            sockets, self.sockets = self.sockets, []
+        for end in sockets:
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.cut()
+
+
+def test_a_dropped_connection_resumes_the_answer_without_duplicates(
+    open_tab: Callable[..., Tab], service: Service
+) -> None:
+    proxy = CuttableProxy(service.base_url)
+    try:
+        tab = open_tab(Service(proxy.base_url, service.settings))
+        tab.allowed.append(re.compile(r"net::ERR_|EventSource"))
+        page = tab.page
+        requests: list[Any] = []
+        page.on("request", lambda request: requests.append(request) if "/chat/stream" in request.url else None)
+        answer = tab.chat("[[delay_ms=25]] [[chunks=200]] through a tunnel", done=False)
+        expect(answer).to_contain_text(re.compile(r"\bw10\b"))
+        proxy.cut()
+        expect(answer).not_to_have_class(STREAMING)
+        assert answer.locator(".markdown").inner_text().split() == [f"w{index}" for index in range(200)]
+        # The browser reconnected by itself, saying where it was; the server resumed from there.
+        assert len(requests) == 2
+        assert re.fullmatch(r"[0-9a-f]+:[0-9]+", requests[1].all_headers().get("last-event-id", ""))
+        tab.page.context.close()
+    finally:
+        proxy.close()
     tab.assert_clean()
 
 
