@@ -51,11 +51,22 @@ class TurnLog:
         pipe.expire(key, self._ttl)
 
     @translate_redis_errors
-    async def append(self, user: str, session_id: str, turn_id: str, first_seq: int, payloads: Sequence[bytes]) -> None:
+    async def create(self, user: str, session_id: str, turn_id: str, payload: bytes) -> None:
+        """Write a turn's first event, creating its stream with the stream's TTL."""
         async with self._redis.pipeline(transaction=True) as pipe:
-            self.queue_append(pipe, user, session_id, turn_id, first_seq, payloads)
-            replies = await pipe.execute(raise_on_error=False)
-        raise_unless_already_written(replies)
+            self.queue_append(pipe, user, session_id, turn_id, 1, [payload])
+            await pipe.execute()
+
+    @translate_redis_errors
+    async def append(self, user: str, session_id: str, turn_id: str, first_seq: int, payloads: Sequence[bytes]) -> None:
+        """One XADD, no transaction: the stream already has its TTL (XADD keeps it), and the
+        final write refreshes it. A retried write whose entry exists is not an error."""
+        key = self._keys.turn(user, session_id, turn_id)
+        last_seq = first_seq + len(payloads) - 1
+        try:
+            await self._redis.xadd(key, {"s": first_seq, "d": b"\n".join(payloads)}, id=f"0-{last_seq}")
+        except ResponseError as exc:
+            raise_unless_already_written([exc])
 
     @translate_redis_errors
     async def tail(self, user: str, session_id: str, turn_id: str) -> TurnTail | None:

@@ -48,7 +48,9 @@ from personachat.turnlog import TurnLog, is_terminal, raise_unless_already_writt
 
 logger = logging.getLogger(__name__)
 
-FLUSH_INTERVAL = 0.05  # seconds between batched writes of a turn's events to Redis
+# Seconds between batched writes of a running turn's events to Redis. Readers in the turn's
+# own process are served from memory at once; this only delays readers on other instances.
+FLUSH_INTERVAL = 0.25
 STOP_POLL_INTERVAL = 0.25  # how often this process looks for stop requests of its turns
 REMOTE_BLOCK_MS = 2_000  # a remote reader's longest wait before it checks the turn is alive
 COMMIT_ATTEMPTS = 4  # a turn's final commit rides over a short Redis outage
@@ -152,7 +154,8 @@ class TurnService:
         run = TurnRun(admission.turn_id, request.user, request.session_id, persona)
         run.append({"type": "start", "session_id": run.session_id, "turn_id": run.turn_id, "role": persona.key})
         try:
-            await self._flush(run)
+            await self._log.create(run.user, run.session_id, run.turn_id, run.payloads[0])
+            run.flushed = 1
         except StoreUnavailable:
             with contextlib.suppress(*UNREACHABLE):
                 await self._release(run)

@@ -204,7 +204,7 @@ def test_a_turn_is_capped_in_events_and_leaves_no_task_behind(
     turns = service.app.state.services.turns
     with service.client() as client:
         session_id = start_session(client)
-        events = chat(client, session_id, "[[chunks=50]]")
+        events = chat(client, session_id, "[[chunks=50]] [[delay_ms=5]]")  # paced: one event per chunk
         assert len(events) <= 12 and events[-1].data["finish_reason"] == "length"
         stored = history(client, session_id)
         assert stored["messages"][1]["content"] == answer_text(events)  # what was sent is what is kept
