@@ -9,9 +9,11 @@ offline demo model. SIGTERM or Ctrl+C shut down gracefully: running answers end 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import logging.config
 import os
+import resource
 import signal
 import sys
 from pathlib import Path
@@ -48,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     except PersonaFileError as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 2
+    _raise_open_file_limit()
     # Made once here, so that every worker signs cookies with the same key.
     os.environ.setdefault("SECRET_KEY", settings.resolved_secret_key())
 
@@ -89,6 +92,15 @@ def _prepare_multiprocess_metrics(data_dir: Path) -> None:
     for stale in folder.glob("*.db"):
         stale.unlink()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder.resolve())
+
+
+def _raise_open_file_limit() -> None:
+    """Each open stream holds two sockets (the client's and the model's): the usual soft limit
+    of 1,024 open files would refuse connections from about 500 concurrent answers on."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65_536, hard))
 
 
 def _exit_normally(signum: int, frame: object) -> None:
