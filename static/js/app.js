@@ -1,18 +1,17 @@
 // The chat page: personas, sessions, sending a message and following its answer.
 //
-// State that survives a reload lives in localStorage: the current session id, and the message
-// of a turn still being answered (the history stores a turn only when it ends, so after a
-// reload mid-answer this is how the page can show the question above the resumed answer).
+// This module holds the page's state and wires the controls to it; the pieces it uses are
+// api.js (REST), stream.js (one turn's events), conversation.js (what is on screen),
+// sidebar.js (the chat list), saved.js (what survives a reload), feedback.js and i18n.js.
 
 import { api } from "./api.js";
 import { Conversation, element } from "./conversation.js";
-import { applyTranslations, detectLanguage, hasKey, language, safeStorage, setLanguage, t } from "./i18n.js";
-import { icon } from "./icons.js";
+import { confirm, copyText, toast } from "./feedback.js";
+import { applyTranslations, detectLanguage, hasKey, language, setLanguage, t } from "./i18n.js";
+import { pendingFor, savedSession, saveSession, setPending } from "./saved.js";
 import { Sidebar } from "./sidebar.js";
 import { streamTurn } from "./stream.js";
 
-const SESSION_KEY = "personachat.session";
-const PENDING_KEY = "personachat.pending";
 const STOP_GRACE_MS = 8000;
 const LOST_RECOVERIES = 3;
 // Errors that the same message cannot fix by being sent again.
@@ -37,8 +36,6 @@ const ui = {
   stopButton: $("stop-button"),
   languageSelect: $("language-select"),
   newChat: $("new-chat"),
-  toast: $("toast"),
-  dialog: $("confirm-dialog"),
 };
 
 const state = {
@@ -87,7 +84,7 @@ async function init() {
     conversation.addAnswer("").fail(() => messageFor(error), { onRetry: () => location.reload() });
   }
   const sessionsLoaded = refreshSessions();
-  const saved = safeStorage(() => localStorage.getItem(SESSION_KEY));
+  const saved = savedSession();
   if (saved) await openSession(saved, { restoring: true });
   else showDraft();
   await sessionsLoaded;
@@ -209,7 +206,7 @@ function showDraft() {
   state.loadToken += 1;
   state.sessionId = null;
   state.title = "";
-  safeStorage(() => localStorage.removeItem(SESSION_KEY));
+  saveSession(null);
   conversation.clear();
   sidebar.setCurrent(null);
   updatePersonaUi();
@@ -247,7 +244,7 @@ async function openSession(id, { restoring = false } = {}) {
   if (token !== state.loadToken) return;
   state.sessionId = id;
   state.title = history.title || "";
-  safeStorage(() => localStorage.setItem(SESSION_KEY, id));
+  saveSession(id);
   conversation.clear();
   for (const message of history.messages) showStored(message);
   selectRole(history.role);
@@ -354,7 +351,7 @@ async function send(message, role, userRow = null) {
       sessionId = started.session_id;
       state.sessionId = sessionId;
       state.title = "";
-      safeStorage(() => localStorage.setItem(SESSION_KEY, sessionId));
+      saveSession(sessionId);
       sidebar.setCurrent(sessionId);
       if (started.welcome_message) {
         conversation.addAnswer(personaName(started.role), { welcome: true }).showStored(started.welcome_message);
@@ -474,7 +471,7 @@ function showFailure(turn, error) {
     updateSendButton();
   }
   if (code === "session_not_found" && turn.sessionId === state.sessionId) {
-    safeStorage(() => localStorage.removeItem(SESSION_KEY));
+    saveSession(null);
     state.sessionId = null;
     sidebar.setCurrent(null);
     refreshSessions();
@@ -555,90 +552,6 @@ function autosize() {
   if (AUTOSIZE_BY_CSS) return;
   ui.input.style.height = "auto"; // CSSOM, not a style attribute: allowed by the page's CSP
   ui.input.style.height = `${Math.min(ui.input.scrollHeight, 240)}px`;
-}
-
-function pendingAll() {
-  try {
-    return JSON.parse(localStorage.getItem(PENDING_KEY) || "{}") || {};
-  } catch {
-    return {};
-  }
-}
-
-function pendingFor(sessionId) {
-  const entry = pendingAll()[sessionId];
-  return entry && typeof entry.message === "string" ? entry : null;
-}
-
-function setPending(sessionId, entry) {
-  if (!sessionId) return;
-  const all = pendingAll();
-  if (entry) all[sessionId] = entry;
-  else delete all[sessionId];
-  safeStorage(() => localStorage.setItem(PENDING_KEY, JSON.stringify(all)));
-}
-
-let toastTimer = 0;
-
-function toast(message) {
-  ui.toast.textContent = message;
-  ui.toast.hidden = false;
-  clearTimeout(toastTimer);
-  toastTimer = setTimeout(() => {
-    ui.toast.hidden = true;
-  }, 4000);
-}
-
-function confirm({ title, body, ok }) {
-  $("confirm-title").textContent = title;
-  $("confirm-body").textContent = body;
-  $("confirm-ok").textContent = ok;
-  ui.dialog.returnValue = "";
-  ui.dialog.showModal();
-  $("confirm-cancel").focus();
-  return new Promise((resolve) => {
-    ui.dialog.addEventListener("close", () => resolve(ui.dialog.returnValue === "ok"), { once: true });
-  });
-}
-
-async function copyText(text, button) {
-  let copied = false;
-  try {
-    await navigator.clipboard.writeText(text);
-    copied = true;
-  } catch {
-    copied = legacyCopy(text); // no clipboard API (plain http on another host)
-  }
-  if (!copied) {
-    toast(t("copyFailed"));
-    return;
-  }
-  const label = button.querySelector(".action-label");
-  button.classList.add("is-copied");
-  button.querySelector("svg")?.replaceWith(icon("check"));
-  if (label) label.textContent = t("copied");
-  else toast(t("copied"));
-  setTimeout(() => {
-    button.classList.remove("is-copied");
-    button.querySelector("svg")?.replaceWith(icon("copy"));
-    if (label) label.textContent = t("copy");
-  }, 1500);
-}
-
-function legacyCopy(text) {
-  const area = element("textarea", "visually-hidden");
-  area.value = text;
-  area.setAttribute("readonly", "");
-  document.body.append(area);
-  area.select();
-  let ok = false;
-  try {
-    ok = document.execCommand("copy");
-  } catch {
-    ok = false;
-  }
-  area.remove();
-  return ok;
 }
 
 // Re-translate the static page when the language changes in another tab.

@@ -4,6 +4,8 @@
 // the language switch; that choice is kept in localStorage. A key missing from a table falls
 // back to English, so a half-translated table never shows a raw key.
 
+import { safeStorage } from "./saved.js";
+
 const en = {
   appName: "Persona chat",
   skipToInput: "Skip to the message box",
@@ -251,12 +253,4 @@ export function relativeTime(iso, now = Date.now()) {
     value /= size;
   }
   return "";
-}
-
-export function safeStorage(action) {
-  try {
-    return action();
-  } catch {
-    return null; // storage disabled (private mode, blocked cookies): the page still works
-  }
 }
