@@ -15,6 +15,7 @@ or outside the prefix.
     <prefix>:{<user>}:rate                STR   turns started in the current rate window
     <prefix>:apikey:<sha256 of key>       HASH  an API key's user, id, label, creation time
     <prefix>:apikeys                      HASH  key id -> sha256, to list and revoke keys
+    <prefix>:stops                        STR   a random token, replaced on every stop request
 """
 
 from __future__ import annotations
@@ -79,6 +80,9 @@ class KeySpace:
 
     def api_key_index(self) -> str:
         return f"{self.prefix}:apikeys"
+
+    def stop_token(self) -> str:
+        return f"{self.prefix}:stops"
 
     def all_keys_pattern(self) -> str:
         """A SCAN pattern matching every key of the service (and nothing outside the prefix)."""

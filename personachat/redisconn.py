@@ -32,11 +32,13 @@ UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 BLOCK_MS = 5_000
 
 
-def create_redis(url: str, *, cluster: bool = False, max_connections: int = 512) -> Redis:
+def create_redis(url: str, *, cluster: bool = False, max_connections: int = 256) -> Redis:
     """A Redis (or Redis Cluster) client that fails fast when the server is away.
 
     A short retry with backoff rides over a restart or a dropped connection; after that
     the caller gets StoreUnavailable (503) instead of a request hanging for a minute.
+    The pool *waits* for a free connection when all are busy (a burst of a thousand turns
+    starting at once), where redis-py's default pool would fail with "Too many connections".
     """
     options: dict[str, Any] = {
         "socket_connect_timeout": 2.0,
@@ -46,8 +48,9 @@ def create_redis(url: str, *, cluster: bool = False, max_connections: int = 512)
         "retry_on_error": [RedisConnectionError, RedisTimeoutError],
     }
     if cluster:
-        return RedisCluster.from_url(url, **options)
-    return aioredis.Redis.from_url(url, max_connections=max_connections, **options)
+        return RedisCluster.from_url(url, max_connections=4 * max_connections, **options)
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=10, **options)
+    return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
 
 P = ParamSpec("P")

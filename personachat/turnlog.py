@@ -10,6 +10,7 @@ so `XREAD` after `0-<n>` returns every entry that holds an event after n.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from personachat.redisconn import Pipeline, Redis, translate_redis_errors
 
 TERMINAL_TYPES = (b'"type":"end"', b'"type":"error"')
 STOP_TTL_MS = 60_000
+STOP_TOKEN_TTL_MS = 86_400_000
 
 
 def is_terminal(payload: bytes) -> bool:
@@ -96,7 +98,19 @@ class TurnLog:
 
     @translate_redis_errors
     async def request_stop(self, user: str, turn_id: str) -> None:
-        await self._redis.set(self._keys.stop(user, turn_id), b"1", px=STOP_TTL_MS)
+        """Flag the turn, then replace the stop token, which every instance watches."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(self._keys.stop(user, turn_id), b"1", px=STOP_TTL_MS)
+            pipe.set(self._keys.stop_token(), secrets.token_bytes(8), px=STOP_TOKEN_TTL_MS)
+            await pipe.execute()
+
+    @translate_redis_errors
+    async def stop_token(self) -> bytes | None:
+        """Changes whenever a stop is requested: instances read this one key, and look at
+        their own turns' flags only when it changed. (A random token, not a counter: a Redis
+        restart that loses the counter could bring an old value back.)"""
+        token: bytes | None = await self._redis.get(self._keys.stop_token())
+        return token
 
     @translate_redis_errors
     async def stop_requested(self, turns: Sequence[tuple[str, str]]) -> list[bool]:

@@ -410,13 +410,19 @@ class TurnService:
 
     async def _poll_stops(self) -> None:
         """Stop requests reach the turn's own process through Redis, whichever instance took them."""
+        seen: bytes | None = None
         while True:
             await asyncio.sleep(STOP_POLL_INTERVAL)
             runs = [run for run in self._runs.values() if not run.stop.is_set()]
             if not runs:
                 continue
             try:
+                # One read per poll whatever the number of turns; their flags only on a change.
+                token = await self._log.stop_token()
+                if token == seen:
+                    continue
                 flags = await self._log.stop_requested([(run.user, run.turn_id) for run in runs])
+                seen = token
             except StoreUnavailable:
                 continue
             for run, requested in zip(runs, flags, strict=True):
