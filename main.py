@@ -78,15 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             stack.push_async_callback(redis.aclose)
 
             keys = KeySpace(settings.redis_prefix)
-            limits = Limits(
-                history_window=settings.history_window,
-                history_max=settings.history_max,
-                history_ttl_seconds=settings.history_ttl_seconds,
-                lock_ttl_ms=int(settings.turn_timeout_seconds * 1000),
-                max_concurrent_turns=settings.max_concurrent_turns_per_user,
-                rate_limit_per_minute=settings.rate_limit_per_minute,
-            )
-            store = HistoryStore(redis, keys, limits)
+            store = HistoryStore(redis, keys, Limits.from_settings(settings))
             turns = TurnService(
                 redis,
                 store,

@@ -88,16 +88,7 @@ class Tools:
         return Maintenance(self.redis, self.keys, history_ttl_seconds=ttl, batch_size=batch_size)
 
     def store(self) -> HistoryStore:
-        s = self.settings
-        limits = Limits(
-            history_window=s.history_window,
-            history_max=s.history_max,
-            history_ttl_seconds=s.history_ttl_seconds,
-            lock_ttl_ms=int(s.turn_timeout_seconds * 1000),
-            max_concurrent_turns=s.max_concurrent_turns_per_user,
-            rate_limit_per_minute=s.rate_limit_per_minute,
-        )
-        return HistoryStore(self.redis, self.keys, limits)
+        return HistoryStore(self.redis, self.keys, Limits.from_settings(self.settings))
 
 
 class CommandFailed(Exception):

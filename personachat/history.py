@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from config import Settings
 from personachat.errors import RateLimited, SessionNotFound, TurnInProgress
 from personachat.keyspace import KeySpace, is_session_id
 from personachat.redisconn import Pipeline, Redis, translate_redis_errors
@@ -93,6 +94,18 @@ class Limits:
     lock_ttl_ms: int
     max_concurrent_turns: int
     rate_limit_per_minute: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(
+            history_window=settings.history_window,
+            history_max=settings.history_max,
+            history_ttl_seconds=settings.history_ttl_seconds,
+            # A crashed instance's turn keeps its session locked no longer than the turn timeout.
+            lock_ttl_ms=int(settings.turn_timeout_seconds * 1000),
+            max_concurrent_turns=settings.max_concurrent_turns_per_user,
+            rate_limit_per_minute=settings.rate_limit_per_minute,
+        )
 
 
 class HistoryStore:
