@@ -31,6 +31,7 @@ from personachat.llm import ModelClient, create_openai_client
 from personachat.logs import RequestLogMiddleware
 from personachat.metrics import router as metrics_router
 from personachat.personas import load_catalog
+from personachat.readers import TurnReaders
 from personachat.redisconn import create_redis
 from personachat.routes import STATIC_DIR, router
 from personachat.turnlog import TurnLog
@@ -79,10 +80,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
             keys = KeySpace(settings.redis_prefix)
             store = HistoryStore(redis, keys, Limits.from_settings(settings))
+            turn_log = TurnLog(redis, keys, settings.turn_stream_ttl_seconds)
             turns = TurnService(
                 redis,
                 store,
-                TurnLog(redis, keys, settings.turn_stream_ttl_seconds),
+                turn_log,
                 personas,
                 ModelClient(openai_client, model_name, settings.upstream_timeout_seconds),
                 max_message_chars=settings.max_message_chars,
@@ -93,7 +95,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             identity = IdentityResolver(
                 secret_key, api_keys, cookie_name=settings.cookie_name, allow_anonymous=settings.allow_anonymous
             )
-            app.state.services = Services(settings, redis, store, turns, api_keys, identity, personas)
+            readers = TurnReaders(turns, store, turn_log)
+            app.state.services = Services(settings, redis, store, turns, readers, api_keys, identity, personas)
             app.state.demo_model = settings.uses_demo_model
             turns.start_background()
             watcher = asyncio.create_task(_end_turns_on_exit(turns))

@@ -17,6 +17,7 @@ from personachat.identity import ApiKeyStore, Identity, IdentityResolver
 from personachat.keyspace import KeySpace
 from personachat.maintenance import Maintenance
 from personachat.personas import PersonaCatalog
+from personachat.readers import TurnReaders
 from personachat.redisconn import Redis
 from personachat.turns import TurnService
 
@@ -27,6 +28,7 @@ class Services:
     redis: Redis
     store: HistoryStore
     turns: TurnService
+    readers: TurnReaders
     api_keys: ApiKeyStore
     identity: IdentityResolver
     personas: PersonaCatalog
@@ -52,6 +54,11 @@ async def get_turns(request: Request) -> TurnService:
     return services.turns
 
 
+async def get_readers(request: Request) -> TurnReaders:
+    services: Services = request.app.state.services
+    return services.readers
+
+
 async def get_personas(request: Request) -> PersonaCatalog:
     services: Services = request.app.state.services
     return services.personas
@@ -72,6 +79,7 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 IdentityDep = Annotated[Identity, Depends(get_identity)]
 StoreDep = Annotated[HistoryStore, Depends(get_store)]
 TurnsDep = Annotated[TurnService, Depends(get_turns)]
+ReadersDep = Annotated[TurnReaders, Depends(get_readers)]
 PersonasDep = Annotated[PersonaCatalog, Depends(get_personas)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MaintenanceDep = Annotated[Maintenance, Depends(get_maintenance)]

@@ -15,6 +15,7 @@ from personachat.deps import (
     IdentityDep,
     MaintenanceDep,
     PersonasDep,
+    ReadersDep,
     ServicesDep,
     SettingsDep,
     StoreDep,
@@ -22,6 +23,7 @@ from personachat.deps import (
 )
 from personachat.errors import InvalidRequest, StoreUnavailable
 from personachat.export import session_markdown
+from personachat.readers import TurnReaders, follow
 from personachat.redisconn import UNREACHABLE
 from personachat.schemas import (
     ClearResponse,
@@ -38,7 +40,7 @@ from personachat.schemas import (
     StopResponse,
     StreamRequest,
 )
-from personachat.turns import TurnRequest
+from personachat.turns import TurnRequest, TurnService
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 PAGE_CSP = (
@@ -80,6 +82,7 @@ async def start_chat(
 async def stream_get(
     identity: IdentityDep,
     turns: TurnsDep,
+    readers: ReadersDep,
     settings: SettingsDep,
     session_id: SessionIdQuery,
     message: Annotated[str | None, Query(description="The user's message.")] = None,
@@ -95,33 +98,35 @@ async def stream_get(
     """
     resume = last_event_id_header or last_event_id
     request = TurnRequest(identity.user_id, session_id, message or "", role)
-    return await _stream(turns, settings.sse_ping_seconds, request, resume, message is None)
+    return await _stream(turns, readers, settings.sse_ping_seconds, request, resume, message is None)
 
 
 @router.post("/chat/stream", response_class=EventSourceResponse, tags=["chat"])
 async def stream_post(
     identity: IdentityDep,
     turns: TurnsDep,
+    readers: ReadersDep,
     settings: SettingsDep,
     body: StreamRequest,
     last_event_id_header: LastEventIdHeader = None,
 ) -> Response:
     """The same as GET /chat/stream with a JSON body, for long messages and fetch() clients."""
     request = TurnRequest(identity.user_id, body.session_id, body.message or "", body.role)
-    return await _stream(turns, settings.sse_ping_seconds, request, last_event_id_header, body.message is None)
+    return await _stream(turns, readers, settings.sse_ping_seconds, request, last_event_id_header, body.message is None)
 
 
-async def _stream(turns: Any, ping: float, request: TurnRequest, resume: str | None, no_message: bool) -> Response:
+async def _stream(
+    turns: TurnService, readers: TurnReaders, ping: float, request: TurnRequest, resume: str | None, no_message: bool
+) -> Response:
     reader: AsyncIterator[bytes] | None
     if resume:
-        reader = await turns.open_reader(request.user, request.session_id, resume)
+        reader = await readers.open(request.user, request.session_id, resume)
         if reader is None:  # the turn ended before this id: tell EventSource not to reconnect
             return Response(status_code=204)
     else:
         if no_message:
             raise InvalidRequest("'message' is required.")
-        run = await turns.start(request)
-        reader = turns.read_local(run)
+        reader = follow(await turns.start(request))
     return EventSourceResponse(reader, ping=ping, shutdown_event=None, shutdown_grace_period=5)
 
 

@@ -1,11 +1,11 @@
-"""Running a turn, and streaming its events to any number of readers.
+"""Running a turn: admission, the model call, its events, stop, and the final commit.
 
 A turn is one user message and the model's answer. Once admitted it runs as a task of its
 own, independent of the HTTP request that started it: a client that disconnects does not
 stop it, and the answer is stored when it ends. Its events (`start`, `chunk`..., then `end`
 or `error`) are kept in memory for readers in this process and written in batches to the
 turn's Redis stream (`turnlog`), from which readers in other processes, and clients
-resuming with `Last-Event-ID`, are served.
+resuming with `Last-Event-ID`, are served (`readers`).
 
 Guarantees:
 - event ids are `<turn id>:<seq>`; a reader never sees an event twice or out of order;
@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,18 +32,15 @@ from personachat import metrics
 from personachat.errors import (
     ChatError,
     EmptyMessage,
-    InvalidRequest,
     MessageTooLong,
     StoreUnavailable,
-    TurnNotFound,
     UpstreamError,
 )
 from personachat.history import HistoryStore, SessionInfo, now_iso
-from personachat.keyspace import is_turn_id
 from personachat.llm import Completion, ModelClient
 from personachat.personas import Persona, PersonaCatalog
 from personachat.redisconn import UNREACHABLE, Redis
-from personachat.turnlog import TurnLog, is_terminal, raise_unless_already_written
+from personachat.turnlog import TurnLog, raise_unless_already_written
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +48,6 @@ logger = logging.getLogger(__name__)
 # own process are served from memory at once; this only delays readers on other instances.
 FLUSH_INTERVAL = 0.25
 STOP_POLL_INTERVAL = 0.25  # how often this process looks for stop requests of its turns
-REMOTE_BLOCK_MS = 2_000  # a remote reader's longest wait before it checks the turn is alive
 COMMIT_ATTEMPTS = 4  # a turn's final commit rides over a short Redis outage
 
 
@@ -100,17 +95,6 @@ class TurnRun:
 
     async def changed(self) -> None:
         await self._changed.wait()
-
-
-def sse_frame(event_id: bytes, payload: bytes) -> bytes:
-    return b"id: " + event_id + b"\r\ndata: " + payload + b"\r\n\r\n"
-
-
-def parse_event_id(value: str) -> tuple[str, int]:
-    turn_id, _, seq = value.strip().partition(":")
-    if not is_turn_id(turn_id) or not seq.isdigit():
-        raise InvalidRequest("Last-Event-ID must be an event id this service sent, like '<turn>:<n>'.")
-    return turn_id, int(seq)
 
 
 class TurnService:
@@ -193,75 +177,6 @@ class TurnService:
                     break
         return session
 
-    async def open_reader(self, user: str, session_id: str, last_event_id: str) -> AsyncIterator[bytes] | None:
-        """A reader resuming after `last_event_id`; None when that was the turn's last event."""
-        turn_id, after = parse_event_id(last_event_id)
-        await self._store.get_session(user, session_id)  # 404 for a missing or foreign session
-        run = self._runs.get(turn_id)
-        if run is not None and (run.user, run.session_id) == (user, session_id):
-            return self.read_local(run, after)
-        tail = await self._log.tail(user, session_id, turn_id)
-        if tail is None:
-            raise TurnNotFound()
-        if tail.ended and after >= tail.last_seq:
-            return None
-        return self.read_stored(user, session_id, turn_id, after)
-
-    async def read_local(self, run: TurnRun, after: int = 0) -> AsyncIterator[bytes]:
-        """The events of a turn running here, after `after`; ends with its final event.
-
-        Events that piled up while the client was slow are sent as one write.
-        """
-        position = after
-        while True:
-            count = len(run.payloads)
-            if position < count:
-                yield b"".join(
-                    sse_frame(run.event_id(seq), run.payloads[seq - 1]) for seq in range(position + 1, count + 1)
-                )
-                position = count
-            elif run.finished:
-                return
-            else:
-                await run.changed()
-
-    async def read_stored(self, user: str, session_id: str, turn_id: str, after: int) -> AsyncIterator[bytes]:
-        """The events of a turn from its Redis stream (a turn of another instance, or finished)."""
-        prefix = turn_id.encode() + b":"
-        position = after
-        block: int | None = REMOTE_BLOCK_MS
-        while True:
-            try:
-                events = await self._log.read_after(user, session_id, turn_id, position, block)
-            except StoreUnavailable as exc:
-                yield error_frame(prefix, position + 1, exc)
-                return
-            for seq, payload in events:
-                yield sse_frame(prefix + str(seq).encode(), payload)
-                position = seq
-                if is_terminal(payload):
-                    return
-            if events:
-                block = REMOTE_BLOCK_MS
-            elif self.closing:
-                yield error_frame(prefix, position + 1, ServerShutdown())
-                return
-            elif block is None:
-                # The lock is gone and a last look found no final event: the turn's process died.
-                yield error_frame(prefix, position + 1, TurnLost())
-                return
-            elif not await self._still_running(user, session_id, turn_id):
-                # The final event and the lock's release are written together, but the final
-                # event may have landed just after the blocking read returned: look once more.
-                block = None
-
-    async def _still_running(self, user: str, session_id: str, turn_id: str) -> bool:
-        try:
-            session = await self._store.get_session(user, session_id)
-        except ChatError:
-            return False
-        return session.running_turn_id == turn_id
-
     # -- the turn itself ------------------------------------------------------------------
 
     async def _run(self, run: TurnRun, prompt: list[dict[str, Any]], user_message: dict[str, Any]) -> None:
@@ -290,7 +205,7 @@ class TurnService:
         except Exception:
             # A bug, not a model or Redis failure: log it, and still end every reader's stream.
             logger.exception("turn crashed", extra={"turn_id": run.turn_id})
-            run.append(_error_payload(ChatError()))
+            run.append(error_payload(ChatError()))
         finally:
             stop.cancel()
             self._runs.pop(run.turn_id, None)
@@ -349,13 +264,13 @@ class TurnService:
         try:
             await self._final_write(run, end, [user_message, answer], user_message["content"])
         except StoreUnavailable as exc:
-            run.append(_error_payload(exc))
+            run.append(error_payload(exc))
             return
         run.append(end)
 
     async def _fail(self, run: TurnRun, error: ChatError) -> None:
         """End the turn with an `error` event; nothing is added to history."""
-        payload = _error_payload(error)
+        payload = error_payload(error)
         logger.warning("turn failed", extra={"turn_id": run.turn_id, "code": error.code})
         with contextlib.suppress(StoreUnavailable):
             await self._final_write(run, payload, [], "")
@@ -399,6 +314,10 @@ class TurnService:
             await pipe.execute()
 
     # -- process life -------------------------------------------------------------------
+
+    def local_run(self, turn_id: str) -> TurnRun | None:
+        """The turn, if it runs in this process."""
+        return self._runs.get(turn_id)
 
     @property
     def active_turns(self) -> int:
@@ -446,11 +365,6 @@ class ServerShutdown(ChatError):
     message = "The server is restarting; send your message again in a moment."
 
 
-class TurnLost(ChatError):
-    code = "turn_lost"
-    message = "The server generating this answer stopped; send your message again."
-
-
 def _as_chat_error(exc: BaseException | None) -> ChatError:
     if isinstance(exc, ChatError):
         return exc
@@ -458,12 +372,8 @@ def _as_chat_error(exc: BaseException | None) -> ChatError:
     return ChatError()
 
 
-def _error_payload(error: ChatError) -> dict[str, Any]:
+def error_payload(error: ChatError) -> dict[str, Any]:
     return {"type": "error", "code": error.code, "content": error.message}
-
-
-def error_frame(prefix: bytes, seq: int, error: ChatError) -> bytes:
-    return sse_frame(prefix + str(seq).encode(), orjson.dumps(_error_payload(error)))
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:

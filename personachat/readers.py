@@ -1,0 +1,127 @@
+"""Reading a turn's events: what an SSE response streams, live or resumed.
+
+A response never runs a turn; it reads one (`turns` runs them). A turn running in this
+process is followed from memory (`follow`); any other turn, or a resume after its end, is
+read from its Redis stream (`TurnReaders.open`), so a client reconnecting with
+`Last-Event-ID`, to this instance or another, gets exactly the events after that id, once.
+
+Guarantees:
+- every stream ends with the turn's final event (`end` or `error`), or with an `error`
+  event of its own: `store_unavailable` when Redis cannot be read, `server_shutdown`, or
+  `turn_lost` when the turn's lock vanished without a final event (its process died);
+- a resume names a turn of the caller's own session, or gets 404 like any foreign id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import orjson
+
+from personachat.errors import ChatError, InvalidRequest, StoreUnavailable, TurnNotFound
+from personachat.history import HistoryStore
+from personachat.keyspace import is_turn_id
+from personachat.turnlog import TurnLog, is_terminal
+from personachat.turns import ServerShutdown, TurnRun, TurnService, error_payload
+
+REMOTE_BLOCK_MS = 2_000  # a remote reader's longest wait before it checks the turn is alive
+
+
+def sse_frame(event_id: bytes, payload: bytes) -> bytes:
+    return b"id: " + event_id + b"\r\ndata: " + payload + b"\r\n\r\n"
+
+
+def parse_event_id(value: str) -> tuple[str, int]:
+    turn_id, _, seq = value.strip().partition(":")
+    if not is_turn_id(turn_id) or not seq.isdigit():
+        raise InvalidRequest("Last-Event-ID must be an event id this service sent, like '<turn>:<n>'.")
+    return turn_id, int(seq)
+
+
+def error_frame(prefix: bytes, seq: int, error: ChatError) -> bytes:
+    return sse_frame(prefix + str(seq).encode(), orjson.dumps(error_payload(error)))
+
+
+class TurnLost(ChatError):
+    code = "turn_lost"
+    message = "The server generating this answer stopped; send your message again."
+
+
+async def follow(run: TurnRun, after: int = 0) -> AsyncIterator[bytes]:
+    """The events of a turn running here, after `after`; ends with its final event.
+
+    Events that piled up while the client was slow are sent as one write.
+    """
+    position = after
+    while True:
+        count = len(run.payloads)
+        if position < count:
+            yield b"".join(
+                sse_frame(run.event_id(seq), run.payloads[seq - 1]) for seq in range(position + 1, count + 1)
+            )
+            position = count
+        elif run.finished:
+            return
+        else:
+            await run.changed()
+
+
+class TurnReaders:
+    """Resumes a turn of the caller's session after a given event: from memory when the turn
+    runs in this process, else from its Redis stream."""
+
+    def __init__(self, turns: TurnService, store: HistoryStore, log: TurnLog) -> None:
+        self._turns = turns
+        self._store = store
+        self._log = log
+
+    async def open(self, user: str, session_id: str, last_event_id: str) -> AsyncIterator[bytes] | None:
+        """A reader resuming after `last_event_id`; None when that was the turn's last event."""
+        turn_id, after = parse_event_id(last_event_id)
+        await self._store.get_session(user, session_id)  # 404 for a missing or foreign session
+        run = self._turns.local_run(turn_id)
+        if run is not None and (run.user, run.session_id) == (user, session_id):
+            return follow(run, after)
+        tail = await self._log.tail(user, session_id, turn_id)
+        if tail is None:
+            raise TurnNotFound()
+        if tail.ended and after >= tail.last_seq:
+            return None
+        return self._read_stored(user, session_id, turn_id, after)
+
+    async def _read_stored(self, user: str, session_id: str, turn_id: str, after: int) -> AsyncIterator[bytes]:
+        """The events of a turn from its Redis stream (a turn of another instance, or finished)."""
+        prefix = turn_id.encode() + b":"
+        position = after
+        block: int | None = REMOTE_BLOCK_MS
+        while True:
+            try:
+                events = await self._log.read_after(user, session_id, turn_id, position, block)
+            except StoreUnavailable as exc:
+                yield error_frame(prefix, position + 1, exc)
+                return
+            for seq, payload in events:
+                yield sse_frame(prefix + str(seq).encode(), payload)
+                position = seq
+                if is_terminal(payload):
+                    return
+            if events:
+                block = REMOTE_BLOCK_MS
+            elif self._turns.closing:
+                yield error_frame(prefix, position + 1, ServerShutdown())
+                return
+            elif block is None:
+                # The lock is gone and a last look found no final event: the turn's process died.
+                yield error_frame(prefix, position + 1, TurnLost())
+                return
+            elif not await self._still_running(user, session_id, turn_id):
+                # The final event and the lock's release are written together, but the final
+                # event may have landed just after the blocking read returned: look once more.
+                block = None
+
+    async def _still_running(self, user: str, session_id: str, turn_id: str) -> bool:
+        try:
+            session = await self._store.get_session(user, session_id)
+        except ChatError:
+            return False
+        return session.running_turn_id == turn_id
