@@ -39,43 +39,40 @@ async def get_services(request: Request) -> Services:
     return services
 
 
-async def get_identity(request: Request) -> Identity:
-    services: Services = request.app.state.services
+# FastAPI resolves ServicesDep once per request, however many dependencies below use it.
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+async def get_identity(request: Request, services: ServicesDep) -> Identity:
     return await services.identity.resolve(request)
 
 
-async def get_store(request: Request) -> HistoryStore:
-    services: Services = request.app.state.services
+async def get_store(services: ServicesDep) -> HistoryStore:
     return services.store
 
 
-async def get_turns(request: Request) -> TurnService:
-    services: Services = request.app.state.services
+async def get_turns(services: ServicesDep) -> TurnService:
     return services.turns
 
 
-async def get_readers(request: Request) -> TurnReaders:
-    services: Services = request.app.state.services
+async def get_readers(services: ServicesDep) -> TurnReaders:
     return services.readers
 
 
-async def get_personas(request: Request) -> PersonaCatalog:
-    services: Services = request.app.state.services
+async def get_personas(services: ServicesDep) -> PersonaCatalog:
     return services.personas
 
 
 async def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
+    settings: Settings = request.app.state.settings  # set by create_app, before the lifespan runs
     return settings
 
 
-async def get_maintenance(request: Request) -> Maintenance:
-    services: Services = request.app.state.services
+async def get_maintenance(services: ServicesDep) -> Maintenance:
     keys = KeySpace(services.settings.redis_prefix)
     return Maintenance(services.redis, keys, history_ttl_seconds=services.settings.history_ttl_seconds)
 
 
-ServicesDep = Annotated[Services, Depends(get_services)]
 IdentityDep = Annotated[Identity, Depends(get_identity)]
 StoreDep = Annotated[HistoryStore, Depends(get_store)]
 TurnsDep = Annotated[TurnService, Depends(get_turns)]
