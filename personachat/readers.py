@@ -21,10 +21,9 @@ import orjson
 from personachat.errors import ChatError, InvalidRequest, StoreUnavailable, TurnNotFound
 from personachat.history import HistoryStore
 from personachat.keyspace import is_turn_id
+from personachat.redisconn import BLOCK_MS
 from personachat.turnlog import TurnLog, is_terminal
 from personachat.turns import ServerShutdown, TurnRun, TurnService, error_payload
-
-REMOTE_BLOCK_MS = 2_000  # a remote reader's longest wait before it checks the turn is alive
 
 
 def sse_frame(event_id: bytes, payload: bytes) -> bytes:
@@ -93,7 +92,7 @@ class TurnReaders:
         """The events of a turn from its Redis stream (a turn of another instance, or finished)."""
         prefix = turn_id.encode() + b":"
         position = after
-        block: int | None = REMOTE_BLOCK_MS
+        block: int | None = BLOCK_MS
         while True:
             try:
                 events = await self._log.read_after(user, session_id, turn_id, position, block)
@@ -106,7 +105,7 @@ class TurnReaders:
                 if is_terminal(payload):
                     return
             if events:
-                block = REMOTE_BLOCK_MS
+                block = BLOCK_MS
             elif self._turns.closing:
                 yield error_frame(prefix, position + 1, ServerShutdown())
                 return

@@ -28,8 +28,9 @@ Pipeline: TypeAlias = Any  # their pipelines
 # Errors that mean "Redis is not reachable right now" (as opposed to a bug in a command).
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
-# Blocking reads (XREAD BLOCK) wait at most this long, so the socket timeout must exceed it.
-BLOCK_MS = 5_000
+# The longest a blocking read (a remote reader's XREAD BLOCK) waits before it checks that its
+# turn is alive; the socket timeout must exceed it.
+BLOCK_MS = 2_000
 
 
 def create_redis(url: str, *, cluster: bool = False, max_connections: int = 256) -> Redis:
