@@ -12,30 +12,29 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from sse_starlette.sse import AppStatus
 
 from config import Settings
 from personachat import __version__
 from personachat.demo_model import DemoModel, RunningDemoModel
-from personachat.deps import Services
 from personachat.embedded_redis import EmbeddedRedis
-from personachat.errors import ChatError
-from personachat.history import HistoryStore, Limits
-from personachat.identity import ApiKeyStore, IdentityCookieMiddleware, IdentityResolver
-from personachat.keyspace import KeySpace
+from personachat.identity import IdentityResolver
 from personachat.llm import ModelClient, create_openai_client
-from personachat.logs import RequestLogMiddleware
-from personachat.metrics import router as metrics_router
 from personachat.personas import load_catalog
 from personachat.readers import TurnReaders
-from personachat.redisconn import create_redis
-from personachat.routes import STATIC_DIR, router
-from personachat.turnlog import TurnLog
+from personachat.store.api_keys import ApiKeyStore
+from personachat.store.client import create_redis
+from personachat.store.history import HistoryStore, Limits
+from personachat.store.keys import KeySpace
+from personachat.store.turnlog import TurnLog
 from personachat.turns import TurnService
+from personachat.web.deps import Services
+from personachat.web.errors import install_error_handlers
+from personachat.web.middleware import ServiceMiddleware
+from personachat.web.routes import router
+from personachat.web.routes.ops import STATIC_DIR
 
 logger = logging.getLogger("personachat")
 
@@ -119,13 +118,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.include_router(router)
-    app.include_router(metrics_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(
-        IdentityCookieMiddleware, cookie_name=settings.cookie_name, max_age=settings.cookie_max_age_days * 86_400
+        ServiceMiddleware, cookie_name=settings.cookie_name, cookie_max_age=settings.cookie_max_age_days * 86_400
     )
-    app.add_middleware(RequestLogMiddleware)  # added last: outermost, so it times and tags everything
-    _install_error_handlers(app)
+    install_error_handlers(app)
     return app
 
 
@@ -142,21 +139,3 @@ async def _end_turns_on_exit(turns: TurnService) -> None:
         if AppStatus.should_exit or getattr(server, "should_exit", False):
             await turns.shutdown()
             return
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ChatError)
-    async def chat_error(request: Request, exc: ChatError) -> JSONResponse:
-        return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc'][1:]) or 'body'}: {error['msg']}" for error in exc.errors()
-        )
-        return JSONResponse({"code": "invalid_request", "detail": problems or "invalid request"}, status_code=422)
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(ChatError().to_dict(), status_code=500)

@@ -1,9 +1,7 @@
 """Logs: one line per request and per turn, tagged with a request id; plain text or JSON.
 
-- `RequestLogMiddleware` (pure ASGI, so streams pass straight through) takes the request id
-  from `X-Request-ID` (when it is a sane token) or makes one, returns it in the response
-  header, and writes one line when the response is complete: method, route template,
-  status, duration. It also counts the request, and open streams, for /metrics.
+- The service's middleware (`web.middleware`) writes one line per request when the response
+  is complete (method, route template, status, duration), tagged with the request id.
 - The request id lives in a context variable, so the turn task started by a request (which
   copies the context) logs with the same id.
 - With LOG_FORMAT=json each line is one JSON object holding the record's `extra={...}`
@@ -15,23 +13,13 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import re
-import secrets
-import time
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from starlette.datastructures import MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from personachat import metrics
-
-logger = logging.getLogger("personachat.access")
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Attributes every LogRecord has; anything else on a record came from `extra={...}`.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
     "message",
@@ -39,55 +27,6 @@ _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
     "request_id",
     "color_message",
 }
-
-
-class RequestLogMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        incoming = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
-        rid = incoming if _REQUEST_ID.fullmatch(incoming) else secrets.token_hex(8)
-        token = request_id.set(rid)
-        status = 500
-        streaming = False
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status, streaming
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = MutableHeaders(scope=message)
-                headers["X-Request-ID"] = rid
-                streaming = headers.get("content-type", "").startswith("text/event-stream")
-                if streaming:
-                    metrics.STREAMS_OPEN.inc()
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            if streaming:
-                metrics.STREAMS_OPEN.dec()
-            seconds = time.perf_counter() - started
-            route = getattr(scope.get("route"), "path", None) or _unrouted(scope)
-            metrics.request_finished(scope["method"], route, status, seconds)
-            logger.info(
-                "%s %s %s",
-                scope["method"],
-                route,
-                status,
-                extra={"method": scope["method"], "route": route, "status": status, "ms": round(seconds * 1000, 1)},
-            )
-            request_id.reset(token)
-
-
-def _unrouted(scope: Scope) -> str:
-    # Static files, and paths that matched nothing: never the raw path (unbounded label values).
-    return "/static" if str(scope.get("path", "")).startswith("/static/") else "unmatched"
 
 
 class RequestIdFilter(logging.Filter):

@@ -19,10 +19,10 @@ from collections.abc import AsyncIterator
 import orjson
 
 from personachat.errors import ChatError, InvalidRequest, StoreUnavailable, TurnNotFound
-from personachat.history import HistoryStore
-from personachat.keyspace import is_turn_id
-from personachat.redisconn import BLOCK_MS
-from personachat.turnlog import TurnLog, is_terminal
+from personachat.store.client import BLOCK_MS
+from personachat.store.history import HistoryStore
+from personachat.store.keys import is_turn_id
+from personachat.store.turnlog import TurnLog, is_terminal
 from personachat.turns import ServerShutdown, TurnRun, TurnService, error_payload
 
 

@@ -36,11 +36,11 @@ from personachat.errors import (
     StoreUnavailable,
     UpstreamError,
 )
-from personachat.history import HistoryStore, SessionInfo, now_iso
 from personachat.llm import Completion, ModelClient
 from personachat.personas import Persona, PersonaCatalog
-from personachat.redisconn import UNREACHABLE, Redis
-from personachat.turnlog import TurnLog, raise_unless_already_written
+from personachat.store.client import UNREACHABLE, Redis
+from personachat.store.history import HistoryStore, SessionInfo, now_iso
+from personachat.store.turnlog import TurnLog, raise_unless_already_written
 
 logger = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 import pytest
 
-from personachat.identity import ApiKeyStore
-from personachat.keyspace import KeySpace
-from personachat.redisconn import create_redis
+from personachat.store.api_keys import ApiKeyStore
+from personachat.store.client import create_redis
+from personachat.store.keys import KeySpace
 from tests.conftest import Service, chat, history, start_session
 from tests.servers import RedisProcess
 

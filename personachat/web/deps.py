@@ -12,13 +12,14 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from config import Settings
-from personachat.history import HistoryStore
-from personachat.identity import ApiKeyStore, Identity, IdentityResolver
-from personachat.keyspace import KeySpace
-from personachat.maintenance import Maintenance
+from personachat.identity import Identity, IdentityResolver
 from personachat.personas import PersonaCatalog
 from personachat.readers import TurnReaders
-from personachat.redisconn import Redis
+from personachat.store.api_keys import ApiKeyStore
+from personachat.store.client import Redis
+from personachat.store.history import HistoryStore
+from personachat.store.keys import KeySpace
+from personachat.store.maintenance import Maintenance
 from personachat.turns import TurnService
 
 

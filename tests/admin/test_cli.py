@@ -27,13 +27,13 @@ import redis.cluster
 from typer.testing import CliRunner
 
 from config import Settings
-from personachat.cli import app
-from personachat.keyspace import KeySpace
-from personachat.maintenance import Maintenance
-from personachat.redisconn import create_redis
+from personachat.admin.cli import app
+from personachat.store.client import create_redis
+from personachat.store.keys import KeySpace
+from personachat.store.maintenance import Maintenance
 from tests.conftest import ROOT, Service, chat, start_session
 from tests.servers import RedisProcess
-from tests.test_cluster import RedisCluster
+from tests.store.test_cluster import RedisCluster
 
 DAY_MS = 86_400_000
 USERS = 250
@@ -376,7 +376,7 @@ def test_json_export_round_trips_and_markdown_reads_well(
 def test_chatctl_runs_as_a_process(chatctl: Chatctl, r: redis.Redis, keys: KeySpace) -> None:
     seed(r, keys, users=2, per_user=3, old=1)
     python = ROOT / ".venv" / "bin" / "python"
-    command = [str(python if python.exists() else sys.executable), "-m", "personachat.cli"]
+    command = [str(python if python.exists() else sys.executable), "-m", "personachat.admin.cli"]
     env = {**os.environ, **chatctl.env}
     done = subprocess.run([*command, "cleanup", "--idle-days", "7", "--yes", "--json"], env=env, cwd=ROOT,
                           capture_output=True, timeout=60, check=False)  # fmt: skip

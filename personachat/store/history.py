@@ -22,8 +22,8 @@ import orjson
 
 from config import Settings
 from personachat.errors import RateLimited, SessionNotFound, TurnInProgress
-from personachat.keyspace import KeySpace, is_session_id
-from personachat.redisconn import Pipeline, Redis, translate_redis_errors
+from personachat.store.client import Pipeline, Redis, translate_redis_errors
+from personachat.store.keys import KeySpace, is_session_id
 
 TITLE_CHARS = 60
 LIST_LIMIT = 500

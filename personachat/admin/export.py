@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from personachat.history import SessionInfo
+from personachat.store.history import SessionInfo
 
 _SPEAKERS = {"user": "User", "assistant": "Assistant"}
 

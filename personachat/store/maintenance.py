@@ -20,9 +20,9 @@ from typing import Any
 
 import orjson
 
-from personachat.history import SessionInfo, _session_info, now_iso
-from personachat.keyspace import KeySpace, is_session_id, is_user_id
-from personachat.redisconn import Redis, translate_redis_errors
+from personachat.store.client import Redis, translate_redis_errors
+from personachat.store.history import SessionInfo, _session_info, now_iso
+from personachat.store.keys import KeySpace, is_session_id, is_user_id
 
 EXPORT_FORMAT = "personachat-export"
 EXPORT_VERSION = 1

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from config import Settings
-from personachat.cli import app
+from personachat.admin.cli import app
 from personachat.logs import JsonFormatter, RequestIdFilter
 from tests.conftest import ROOT, Service, chat, history, start_session
 from tests.servers import RedisProcess, ServiceProcess

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from redis.exceptions import ResponseError
 
-from personachat.keyspace import KeySpace
-from personachat.redisconn import Pipeline, Redis, translate_redis_errors
+from personachat.store.client import Pipeline, Redis, translate_redis_errors
+from personachat.store.keys import KeySpace
 
 TERMINAL_TYPES = (b'"type":"end"', b'"type":"error"')
 STOP_TTL_MS = 60_000

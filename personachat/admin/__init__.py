@@ -1,0 +1,1 @@
+"""For operators: the admin CLI (`chatctl`) and readable exports."""

@@ -1,0 +1,3 @@
+from personachat.admin.cli import main
+
+main()

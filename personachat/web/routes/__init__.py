@@ -1,0 +1,11 @@
+"""The HTTP routes, one module per resource. Each validates its input, calls one service, and
+shapes the answer; none names a Redis key or a model parameter."""
+
+from fastapi import APIRouter
+
+from personachat.metrics import router as metrics_router
+from personachat.web.routes import chat, ops, roles, sessions
+
+router = APIRouter()
+for module_router in (chat.router, sessions.router, roles.router, ops.router, metrics_router):
+    router.include_router(module_router)
