@@ -110,15 +110,19 @@ class Settings(BaseSettings):
         return self.openai_api_key is None and self.openai_base_url is None
 
     def resolved_secret_key(self) -> str:
-        """SECRET_KEY, or one generated on first use and kept in DATA_DIR/secret_key (0600)."""
+        """SECRET_KEY, or one generated on first use and kept in DATA_DIR/secret_key.
+
+        The file is created 0600 (never readable by others, not even for a moment) in a
+        DATA_DIR that is 0700.
+        """
         if self.secret_key is not None:
             return self.secret_key.get_secret_value()
-        path = self.data_dir / "secret_key"
+        path = private_directory(self.data_dir) / "secret_key"
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
             candidate = path.with_name(f".secret_key.{os.getpid()}")
-            candidate.write_text(secrets.token_urlsafe(48) + "\n", encoding="utf-8")
-            candidate.chmod(0o600)
+            descriptor = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+                file.write(secrets.token_urlsafe(48) + "\n")
             try:
                 # link() is atomic and refuses to replace: several workers starting at
                 # once all end up with the first key written.
@@ -131,3 +135,17 @@ class Settings(BaseSettings):
         if not key:
             raise RuntimeError(f"{path} is empty: delete it or set SECRET_KEY")
         return key
+
+
+def private_directory(path: Path) -> Path:
+    """Create `path` (and missing parents) as 0700, or tighten it to 0700 if it is ours.
+
+    DATA_DIR holds chat text (the embedded Redis's files) and the secret key: no other
+    local user may list or read it. A folder made by an older version (0755) is tightened;
+    one owned by someone else (a mounted volume) is left as it is.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.stat()
+    if info.st_uid == os.getuid() and info.st_mode & 0o077:
+        path.chmod(0o700)
+    return path

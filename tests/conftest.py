@@ -50,7 +50,7 @@ def redis_server() -> Iterator[RedisProcess]:
 
 @pytest.fixture(scope="session")
 def fake_model() -> Iterator[FakeModel]:
-    model = DemoModel(record=True)
+    model = DemoModel(record=True, directives=True)
     server = ThreadedServer(model.app).start()
     yield FakeModel(model, server.base_url + "/v1")
     server.stop()
