@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PositiveSeconds = Annotated[float, Field(gt=0, le=86_400)]
+CommaList = Annotated[list[str], NoDecode]  # `a,b,c` in the environment, not JSON
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 class Settings(BaseSettings):
@@ -48,6 +50,13 @@ class Settings(BaseSettings):
     allow_anonymous: bool = True
     cookie_name: str = "chat_identity"
     cookie_max_age_days: int = Field(400, ge=1, le=400)
+    # New anonymous identities per client address and minute (0: no limit): without it,
+    # dropping the cookie would be a fresh set of per-user limits for every request.
+    anon_identities_per_minute: int = Field(20, ge=0)
+
+    # Web. Unset ALLOWED_HOSTS: the loopback names and HOST. CORS_ORIGINS: none.
+    allowed_hosts: CommaList = []
+    cors_origins: CommaList = []
 
     # Conversation memory.
     history_window: int = Field(20, ge=0, le=500)
@@ -84,6 +93,29 @@ class Settings(BaseSettings):
     def _empty_path_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
+    @field_validator("allowed_hosts", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:\d{1,5})?|https?://\[[0-9A-Fa-f:]+\](:\d{1,5})?", origin):
+                raise ValueError(f"{origin!r} is not an origin like https://chat.example.com or http://localhost:5173")
+        return [origin.lower() for origin in value]
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, value: list[str]) -> list[str]:
+        for host in value:
+            if not re.fullmatch(r"\*|(\*\.)?[A-Za-z0-9.-]+|\[?[0-9A-Fa-f:]+\]?", host):
+                raise ValueError(f"{host!r} is not a host name (example.com, *.example.com, or *)")
+        return [host.lower().strip("[]") for host in value]
+
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str | None) -> str | None:
@@ -108,6 +140,11 @@ class Settings(BaseSettings):
     def uses_demo_model(self) -> bool:
         """True when no model is configured, so the built-in offline demo model answers."""
         return self.openai_api_key is None and self.openai_base_url is None
+
+    @property
+    def trusted_hosts(self) -> list[str]:
+        """The Host names the service answers for: ALLOWED_HOSTS, else the loopback names and HOST."""
+        return self.allowed_hosts or [*LOOPBACK_HOSTS, self.host]
 
     def resolved_secret_key(self) -> str:
         """SECRET_KEY, or one generated on first use and kept in DATA_DIR/secret_key.
