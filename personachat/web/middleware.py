@@ -90,7 +90,10 @@ def _changes_state(scope: Scope) -> bool:
     method = scope["method"]
     if method in _STATE_CHANGING:
         return True
-    if method in ("GET", "HEAD") and scope["path"] == "/chat/stream":
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]  # behind a proxy's prefix (uvicorn --root-path)
+    if method in ("GET", "HEAD") and path == "/chat/stream":
         # EventSource can only GET: a message in the query sends it.
         query = scope.get("query_string", b"").decode("latin-1")
         return any(name == "message" for name, _ in parse_qsl(query, keep_blank_values=True))
