@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     _raise_open_file_limit()
     # Made once here, so that every worker signs cookies with the same key.
     os.environ.setdefault("SECRET_KEY", settings.resolved_secret_key())
+    os.environ["HOST"] = args.host  # a --host given here is a Host the app answers for (ALLOWED_HOSTS)
 
     embedded = None
     if settings.redis_url is None:
