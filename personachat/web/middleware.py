@@ -148,7 +148,12 @@ class ServiceMiddleware:
         started = time.perf_counter()
         request_headers = Headers(scope=scope)
         refusal = self._refusal(scope, request_headers)
-        foreign = refusal is None and self.cross_site.is_foreign(request_headers)
+        # A request from another site may lack a valid cookie only because the browser left it
+        # out (SameSite): a cookie minted for it would replace the visitor's own. A listed
+        # front end on another *site* is the same case (it can never use a Lax cookie).
+        no_new_cookie = self.cross_site.is_foreign(request_headers) or (
+            request_headers.get("sec-fetch-site", "").lower() == "cross-site"
+        )
         incoming = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
         rid = incoming if _REQUEST_ID.fullmatch(incoming) else secrets.token_hex(8)
         token = request_id.set(rid)
@@ -163,7 +168,7 @@ class ServiceMiddleware:
                 headers["X-Request-ID"] = rid
                 self._security_headers(headers)
                 cookie = scope.get("state", {}).get(NEW_COOKIE)
-                if cookie is not None and not foreign:
+                if cookie is not None and not no_new_cookie:
                     headers.append("set-cookie", self._cookie(scope, cookie))
                 streaming = headers.get("content-type", "").startswith("text/event-stream")
                 if streaming:

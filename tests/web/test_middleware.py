@@ -108,7 +108,7 @@ def test_a_websocket_upgrade_from_another_site_is_refused(service: Service) -> N
 
 def test_listed_front_ends_get_cors_with_credentials_and_others_get_none(make_service: Callable[..., Service]) -> None:
     service = make_service(cors_origins=[FRONT_END])
-    front = {"Origin": FRONT_END, "Sec-Fetch-Site": "cross-site"}
+    front = {"Origin": FRONT_END, "Sec-Fetch-Site": "same-site"}  # another port of this host
     with service.client() as browser:
         preflight = browser.options(
             "/chat/start",
@@ -131,6 +131,18 @@ def test_listed_front_ends_get_cors_with_credentials_and_others_get_none(make_se
         assert "access-control-allow-origin" not in other.headers
         read = browser.get("/chat/sessions", headers=CROSS_SITE)
         assert "access-control-allow-origin" not in read.headers
+
+
+def test_a_listed_front_end_on_another_site_is_answered_but_never_given_a_cookie(
+    make_service: Callable[..., Service],
+) -> None:
+    # A browser would not send it a SameSite=Lax cookie, so one minted here would only
+    # replace the visitor's own (a top-level form POST accepts the Set-Cookie).
+    service = make_service(cors_origins=["http://127.0.0.2:9999"])
+    with service.client() as browser:
+        response = browser.post("/chat/start", headers=CROSS_SITE)
+        assert response.status_code == 200
+        assert "set-cookie" not in response.headers
 
 
 def test_without_cors_origins_no_cors_headers_are_sent(service: Service) -> None:
