@@ -8,8 +8,7 @@ layer instead of several, so each message a response sends goes through one wrap
   it, so no identity is minted) when its `Host` is not one of ALLOWED_HOSTS (400
   `invalid_host`: a DNS-rebinding page names its own host), or when it changes state and
   comes from another site's page (403 `cross_site`, the rule of API.md "Sending safely",
-  in `CrossSitePolicy`).
-
+  in `CrossSitePolicy`). A WebSocket upgrade is checked the same way.
 - The request id comes from `X-Request-ID` (when it is a sane token) or is made here; it is
   returned in the response header and set in `logs.request_id`, so the turn task a request
   starts (which copies the context) logs with the same id.
