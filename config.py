@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PositiveSeconds = Annotated[float, Field(gt=0, le=86_400)]
+CommaList = Annotated[list[str], NoDecode]  # `a,b,c` in the environment, not JSON
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 class Settings(BaseSettings):
@@ -48,6 +50,13 @@ class Settings(BaseSettings):
     allow_anonymous: bool = True
     cookie_name: str = "chat_identity"
     cookie_max_age_days: int = Field(400, ge=1, le=400)
+    # New anonymous identities per client address and minute (0: no limit): without it,
+    # dropping the cookie would be a fresh set of per-user limits for every request.
+    anon_identities_per_minute: int = Field(20, ge=0)
+
+    # Web. Unset ALLOWED_HOSTS: the loopback names and HOST. CORS_ORIGINS: none.
+    allowed_hosts: CommaList = []
+    cors_origins: CommaList = []
 
     # Conversation memory.
     history_window: int = Field(20, ge=0, le=500)
@@ -84,6 +93,29 @@ class Settings(BaseSettings):
     def _empty_path_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
+    @field_validator("allowed_hosts", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:\d{1,5})?|https?://\[[0-9A-Fa-f:]+\](:\d{1,5})?", origin):
+                raise ValueError(f"{origin!r} is not an origin like https://chat.example.com or http://localhost:5173")
+        return [origin.lower() for origin in value]
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, value: list[str]) -> list[str]:
+        for host in value:
+            if not re.fullmatch(r"\*|(\*\.)?[A-Za-z0-9.-]+|\[?[0-9A-Fa-f:]+\]?", host):
+                raise ValueError(f"{host!r} is not a host name (example.com, *.example.com, or *)")
+        return [host.lower().strip("[]") for host in value]
+
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str | None) -> str | None:
@@ -109,16 +141,25 @@ class Settings(BaseSettings):
         """True when no model is configured, so the built-in offline demo model answers."""
         return self.openai_api_key is None and self.openai_base_url is None
 
+    @property
+    def trusted_hosts(self) -> list[str]:
+        """The Host names the service answers for: ALLOWED_HOSTS, else the loopback names and HOST."""
+        return self.allowed_hosts or [*LOOPBACK_HOSTS, self.host]
+
     def resolved_secret_key(self) -> str:
-        """SECRET_KEY, or one generated on first use and kept in DATA_DIR/secret_key (0600)."""
+        """SECRET_KEY, or one generated on first use and kept in DATA_DIR/secret_key.
+
+        The file is created 0600 (never readable by others, not even for a moment) in a
+        DATA_DIR that is 0700.
+        """
         if self.secret_key is not None:
             return self.secret_key.get_secret_value()
-        path = self.data_dir / "secret_key"
+        path = private_directory(self.data_dir) / "secret_key"
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
             candidate = path.with_name(f".secret_key.{os.getpid()}")
-            candidate.write_text(secrets.token_urlsafe(48) + "\n", encoding="utf-8")
-            candidate.chmod(0o600)
+            descriptor = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+                file.write(secrets.token_urlsafe(48) + "\n")
             try:
                 # link() is atomic and refuses to replace: several workers starting at
                 # once all end up with the first key written.
@@ -131,3 +172,17 @@ class Settings(BaseSettings):
         if not key:
             raise RuntimeError(f"{path} is empty: delete it or set SECRET_KEY")
         return key
+
+
+def private_directory(path: Path) -> Path:
+    """Create `path` (and missing parents) as 0700, or tighten it to 0700 if it is ours.
+
+    DATA_DIR holds chat text (the embedded Redis's files) and the secret key: no other
+    local user may list or read it. A folder made by an older version (0755) is tightened;
+    one owned by someone else (a mounted volume) is left as it is.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.stat()
+    if info.st_uid == os.getuid() and info.st_mode & 0o077:
+        path.chmod(0o700)
+    return path

@@ -13,6 +13,7 @@ import signal
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from sse_starlette.sse import AppStatus
 
@@ -28,13 +29,14 @@ from personachat.store.api_keys import ApiKeyStore
 from personachat.store.client import create_redis
 from personachat.store.history import HistoryStore, Limits
 from personachat.store.keys import KeySpace
+from personachat.store.limits import IdentityLimits
 from personachat.store.turnlog import TurnLog
 from personachat.turns import TurnService
 from personachat.web.deps import Services
 from personachat.web.errors import install_error_handlers
 from personachat.web.middleware import ServiceMiddleware
 from personachat.web.routes import router
-from personachat.web.routes.ops import STATIC_DIR
+from personachat.web.routes.ops import PAGE_CSP, STATIC_DIR
 
 logger = logging.getLogger("personachat")
 
@@ -92,7 +94,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             api_keys = ApiKeyStore(redis, keys)
             identity = IdentityResolver(
-                secret_key, api_keys, cookie_name=settings.cookie_name, allow_anonymous=settings.allow_anonymous
+                secret_key,
+                api_keys,
+                cookie_name=settings.cookie_name,
+                allow_anonymous=settings.allow_anonymous,
+                limits=IdentityLimits(redis, keys, anonymous_per_minute=settings.anon_identities_per_minute),
             )
             readers = TurnReaders(turns, store, turn_log)
             app.state.services = Services(settings, redis, store, turns, readers, api_keys, identity, personas)
@@ -115,12 +121,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="Chat with AI personas; session memory in Redis; answers stream as Server-Sent Events.",
         lifespan=lifespan,
+        docs_url=None,  # served by routes.ops from static/vendor, under a CSP (no CDN)
+        redoc_url=None,
     )
     app.state.settings = settings
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    if settings.cors_origins:
+        # Inside ServiceMiddleware: the cross-site rule lets these origins through, then this
+        # answers their preflights and adds the CORS headers. Other origins get none.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=True,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Content-Type", "Authorization", "Last-Event-ID", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+            max_age=600,
+        )
     app.add_middleware(
-        ServiceMiddleware, cookie_name=settings.cookie_name, cookie_max_age=settings.cookie_max_age_days * 86_400
+        ServiceMiddleware,
+        cookie_name=settings.cookie_name,
+        cookie_max_age=settings.cookie_max_age_days * 86_400,
+        allowed_hosts=settings.trusted_hosts,
+        cors_origins=settings.cors_origins,
+        html_csp=PAGE_CSP,
     )
     install_error_handlers(app)
     return app

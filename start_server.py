@@ -22,7 +22,7 @@ import sse_starlette  # noqa: F401  (imported first: it hooks uvicorn's exit han
 import uvicorn
 from pydantic import ValidationError
 
-from config import Settings
+from config import Settings, private_directory
 from personachat.embedded_redis import EmbeddedRedis
 from personachat.personas import PersonaFileError, load_catalog
 
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     _raise_open_file_limit()
     # Made once here, so that every worker signs cookies with the same key.
     os.environ.setdefault("SECRET_KEY", settings.resolved_secret_key())
+    os.environ["HOST"] = args.host  # a --host given here is a Host the app answers for (ALLOWED_HOSTS)
 
     embedded = None
     if settings.redis_url is None:
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
 def _prepare_multiprocess_metrics(data_dir: Path) -> None:
     """Workers share their metrics through files (prometheus-client's multiprocess mode):
     use PROMETHEUS_MULTIPROC_DIR if set, else DATA_DIR/metrics, emptied of a previous run's."""
-    folder = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or data_dir / "metrics")
+    configured = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    folder = Path(configured) if configured else private_directory(private_directory(data_dir) / "metrics")
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("*.db"):
         stale.unlink()

@@ -20,7 +20,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     raise_open_files()
-    model = DemoModel(record=False)
+    model = DemoModel(record=False, directives=True)
     uvicorn.run(
         model.app,
         host="127.0.0.1",

@@ -231,6 +231,7 @@ def _service_env(scenario: Scenario, redis: RedisServer, model: ModelServer, pre
         "OPENAI_MODEL": "bench",
         "SECRET_KEY": "bench-" + secrets.token_hex(16),
         "RATE_LIMIT_PER_MINUTE": "0",
+        "ANON_IDENTITIES_PER_MINUTE": "0",  # every simulated user is a new visitor from 127.0.0.1
         "MAX_CONCURRENT_TURNS_PER_USER": "16",
         "SSE_PING_SECONDS": str(scenario.ping_seconds),
         "LOG_LEVEL": "info",

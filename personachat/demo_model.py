@@ -5,8 +5,13 @@ client code path runs as with OpenAI. Its answers say plainly that they come fro
 offline demo and show what it received (the persona's system prompt, how many history
 messages), so a user can see memory and personas working without any API key.
 
-The test suite and the benchmark use it as their fake upstream. Directives in the last user
-message steer it (they are ignored by real models, and harmless):
+The test suite and the benchmark use it as their fake upstream, and turn on directives
+(`DemoModel(directives=True)`): in the last user message they steer it.
+
+In the service's own offline demo they are off, and a visitor's text is just text: a
+directive is a fault injector (`[[hang]]` holds a turn slot for an hour, a huge
+`[[chunks=N]]` blocks the event loop and fills memory), not something to hand to every
+visitor. Even when on, numbers are capped (MAX_CHUNKS, MAX_DELAY_MS).
 
     [[chunks=N]]        answer with N chunks of filler text
     [[delay_ms=D]]      wait D ms before each chunk (default: the server's setting)
@@ -39,14 +44,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-DIRECTIVE = re.compile(r"\[\[(\w+)(?:=(\d+))?\]\]")
+DIRECTIVE = re.compile(r"\[\[(\w+)(?:=(\d{1,9}))?\]\]")
+MAX_CHUNKS = 10_000  # the benchmark's largest answer is 200 chunks, the tests' 1,500
+MAX_DELAY_MS = 60_000
 
 
 class DemoModel:
     """The demo model's behaviour and its record of requests; `app` is its ASGI app."""
 
-    def __init__(self, *, delay_ms: float = 0.0, record: bool = True, model_name: str = "offline-demo") -> None:
+    def __init__(
+        self, *, delay_ms: float = 0.0, record: bool = True, directives: bool = False, model_name: str = "offline-demo"
+    ) -> None:
         self.delay_ms = delay_ms
+        self.directives = directives
         self.record = record
         self.model_name = model_name
         self.requests: list[dict[str, Any]] = []
@@ -69,7 +79,7 @@ class DemoModel:
             return _error(400, "invalid_request_error", "expected a JSON body with messages and a user message")
         if self.record:
             self.requests.append(body)
-        directives = {name: int(value) if value else 0 for name, value in DIRECTIVE.findall(str(last_user))}
+        directives = _directives(str(last_user)) if self.directives else {}
         if "status" in directives:
             code = directives["status"]
             return _error(code, "demo_error", f"demo fault: HTTP {code}")
@@ -116,7 +126,7 @@ def _answer_pieces(messages: list[dict[str, Any]], last_user: str, directives: d
     system = next((str(m["content"]) for m in messages if m.get("role") == "system"), "")
     persona = system.split(". ")[0].strip().rstrip(".") + "." if system else "(no system prompt)"
     earlier = sum(1 for m in messages if m.get("role") in ("user", "assistant")) - 1
-    quoted = " ".join(DIRECTIVE.sub("", last_user).split())
+    quoted = " ".join((DIRECTIVE.sub("", last_user) if directives else last_user).split())
     if len(quoted) > 200:
         quoted = quoted[:200] + "…"
     text = (
@@ -129,6 +139,16 @@ def _answer_pieces(messages: list[dict[str, Any]], last_user: str, directives: d
     )
     # Word-sized pieces, so the answer streams in as a real one does.
     yield from re.findall(r"\S*\s*", text)
+
+
+def _directives(text: str) -> dict[str, int]:
+    found = {name: int(value) if value else 0 for name, value in DIRECTIVE.findall(text)}
+    if "chunks" in found:
+        found["chunks"] = min(found["chunks"], MAX_CHUNKS)
+    for name in ("delay_ms", "first_delay_ms"):
+        if name in found:
+            found[name] = min(found[name], MAX_DELAY_MS)
+    return found
 
 
 def _sse(payload: dict[str, Any]) -> bytes:

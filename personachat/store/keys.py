@@ -16,6 +16,7 @@ or outside the prefix.
     <prefix>:apikey:<sha256 of key>       HASH  an API key's user, id, label, creation time
     <prefix>:apikeys                      HASH  key id -> sha256, to list and revoke keys
     <prefix>:stops                        STR   a random token, replaced on every stop request
+    <prefix>:anon:<client address>        STR   anonymous identities minted for it this minute
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 USER_ID_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 SESSION_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 TURN_ID_PATTERN = re.compile(r"[0-9a-f]{16}")
+CLIENT_PATTERN = re.compile(r"[0-9A-Za-z.:/_-]{1,64}")  # an IP address or network, or a word
 
 
 def is_user_id(value: str) -> bool:
@@ -81,6 +83,11 @@ class KeySpace:
     def api_key_index(self) -> str:
         return f"{self.prefix}:apikeys"
 
+    def anonymous_mints(self, client: str) -> str:
+        if CLIENT_PATTERN.fullmatch(client) is None:
+            raise ValueError(f"invalid client address {client!r}")
+        return f"{self.prefix}:anon:{client}"
+
     def stop_token(self) -> str:
         return f"{self.prefix}:stops"
 
@@ -100,6 +107,8 @@ class KeySpace:
                 return KeyName("apikeys")
             if key.startswith(f"{self.prefix}:apikey:"):
                 return KeyName("apikey")
+            if key.startswith(f"{self.prefix}:anon:"):
+                return KeyName("anon")
             return None
         user, _, rest = key[len(head) :].partition("}:")
         kind, _, tail = rest.partition(":")
@@ -121,7 +130,7 @@ class KeySpace:
 @dataclass(frozen=True)
 class KeyName:
     """A key of the service, parsed: `kind` is the segment after the user tag (`s`, `m`,
-    `lock`, `t`, `stop`, `sessions`, `running`, `rate`), or `apikey` / `apikeys`."""
+    `lock`, `t`, `stop`, `sessions`, `running`, `rate`), or `apikey` / `apikeys` / `anon`."""
 
     kind: str
     user: str | None = None

@@ -1,13 +1,22 @@
-"""The one middleware around every request: request id and log line, metrics, the identity cookie.
+"""The one middleware around every request: host and cross-site checks, request id and log
+line, metrics, security headers, the identity cookie.
 
 Pure ASGI (not BaseHTTPMiddleware), so streaming responses pass straight through, and one
 layer instead of several, so each message a response sends goes through one wrapper.
 
+- Before the app runs, a request is refused (JSON `{"code", "detail"}`, the app never sees
+  it, so no identity is minted) when its `Host` is not one of ALLOWED_HOSTS (400
+  `invalid_host`: a DNS-rebinding page names its own host), or when it changes state and
+  comes from another site's page (403 `cross_site`, the rule of API.md "Sending safely",
+  in `CrossSitePolicy`). A WebSocket upgrade is checked the same way.
 - The request id comes from `X-Request-ID` (when it is a sane token) or is made here; it is
   returned in the response header and set in `logs.request_id`, so the turn task a request
   starts (which copies the context) logs with the same id.
 - When the request was given a new anonymous identity (`identity.NEW_COOKIE` in the scope's
-  state), its signed cookie is set on the response.
+  state), its signed cookie is set on the response, unless the request came from another
+  site: a valid cookie the browser left out of a cross-site request must not be replaced.
+- Every response gets `X-Content-Type-Options: nosniff` and `Referrer-Policy`; an HTML
+  response that names no Content-Security-Policy of its own gets `html_csp`.
 - One log line when the response is complete: method, route template, status, duration;
   the request and open streams are counted for /metrics.
 """
@@ -18,8 +27,12 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
 
-from starlette.datastructures import MutableHeaders
+import orjson
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from personachat import metrics
@@ -29,19 +42,117 @@ from personachat.logs import request_id
 logger = logging.getLogger("personachat.access")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+@dataclass(frozen=True)
+class CrossSitePolicy:
+    """Which requests count as coming from another site's page (API.md, "Sending safely").
+
+    A browser attaches the cookie on its own, so only what the browser itself reports tells
+    a visitor's own page from another site's: `Sec-Fetch-Site` (every current browser), else
+    `Origin`. "same-site" is refused too: a page on another port of the same host is
+    another application. An origin in CORS_ORIGINS is a front end of this service and
+    passes whatever `Sec-Fetch-Site` says (its requests are `cross-site` by nature).
+    """
+
+    cors_origins: frozenset[str] = frozenset()
+
+    def is_foreign(self, headers: Headers) -> bool:
+        """True when the request was made by another site's page."""
+        origin = headers.get("origin")
+        if origin is not None and origin.lower() in self.cors_origins:
+            return False
+        fetch_site = headers.get("sec-fetch-site")
+        if fetch_site is not None:
+            return fetch_site.lower() not in ("same-origin", "none")
+        if origin is not None:
+            # Its own origin: the host part must be the Host the request was sent to. (The
+            # scheme is not compared: behind a TLS proxy the app may see http.)
+            _, _, netloc = origin.lower().partition("://")
+            return netloc != headers.get("host", "").lower()
+        return False  # curl, scripts: neither header, and no cookie a browser sent on its own
+
+    def refuses(self, scope: Scope, headers: Headers) -> bool:
+        """True for a state-changing request, on the cookie alone, from another site's page."""
+        if not _changes_state(scope):
+            return False
+        scheme, _, _ = headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer":
+            return False  # no ambient credential: a page cannot make the browser add one
+        return self.is_foreign(headers)
+
+
+def _changes_state(scope: Scope) -> bool:
+    if scope["type"] == "websocket":
+        return True
+    method = scope["method"]
+    if method in _STATE_CHANGING:
+        return True
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]  # behind a proxy's prefix (uvicorn --root-path)
+    if method in ("GET", "HEAD") and path == "/chat/stream":
+        # EventSource can only GET: a message in the query sends it.
+        query = scope.get("query_string", b"").decode("latin-1")
+        return any(name == "message" for name, _ in parse_qsl(query, keep_blank_values=True))
+    return False
+
+
+class HostPolicy:
+    """ALLOWED_HOSTS: exact names, `*.example.com` for subdomains, or `*` for any."""
+
+    def __init__(self, allowed: Iterable[str]) -> None:
+        names = {name.strip().lower().strip("[]") for name in allowed if name.strip()}
+        self.any = "*" in names
+        self.exact = frozenset(name for name in names if not name.startswith("*"))
+        self.suffixes = tuple(name[1:] for name in names if name.startswith("*."))
+
+    def allows(self, host_header: str) -> bool:
+        if self.any:
+            return True
+        host = host_header.lower()
+        if host.startswith("["):  # [::1]:8000
+            host = host[1:].partition("]")[0]
+        elif host.count(":") == 1:
+            host = host.partition(":")[0]
+        return host in self.exact or (bool(host) and host.endswith(self.suffixes))
 
 
 class ServiceMiddleware:
-    def __init__(self, app: ASGIApp, *, cookie_name: str, cookie_max_age: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        cookie_name: str,
+        cookie_max_age: int,
+        allowed_hosts: Iterable[str] = ("*",),
+        cors_origins: Iterable[str] = (),
+        html_csp: str | None = None,
+    ) -> None:
         self.app = app
         self.cookie_name = cookie_name
         self.cookie_max_age = cookie_max_age
+        self.hosts = HostPolicy(allowed_hosts)
+        self.cross_site = CrossSitePolicy(frozenset(origin.lower() for origin in cors_origins))
+        self.html_csp = html_csp
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        request_headers = Headers(scope=scope)
+        refusal = self._refusal(scope, request_headers)
+        # A request from another site may lack a valid cookie only because the browser left it
+        # out (SameSite): a cookie minted for it would replace the visitor's own. A listed
+        # front end on another *site* is the same case (it can never use a Lax cookie).
+        no_new_cookie = self.cross_site.is_foreign(request_headers) or (
+            request_headers.get("sec-fetch-site", "").lower() == "cross-site"
+        )
         incoming = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
         rid = incoming if _REQUEST_ID.fullmatch(incoming) else secrets.token_hex(8)
         token = request_id.set(rid)
@@ -54,8 +165,9 @@ class ServiceMiddleware:
                 status = message["status"]
                 headers = MutableHeaders(scope=message)
                 headers["X-Request-ID"] = rid
+                self._security_headers(headers)
                 cookie = scope.get("state", {}).get(NEW_COOKIE)
-                if cookie is not None:
+                if cookie is not None and not no_new_cookie:
                     headers.append("set-cookie", self._cookie(scope, cookie))
                 streaming = headers.get("content-type", "").startswith("text/event-stream")
                 if streaming:
@@ -63,7 +175,10 @@ class ServiceMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapped)
+            if refusal is None:
+                await self.app(scope, receive, send_wrapped)
+            else:
+                await _json_error(send_wrapped, *refusal)
         finally:
             if streaming:
                 metrics.STREAMS_OPEN.dec()
@@ -79,9 +194,50 @@ class ServiceMiddleware:
             )
             request_id.reset(token)
 
+    def _refusal(self, scope: Scope, headers: Headers) -> tuple[int, str, str] | None:
+        """(status, code, detail) of a request refused before the app runs, else None."""
+        if not self.hosts.allows(headers.get("host", "")):
+            return 400, "invalid_host", "This server does not answer for that Host; see ALLOWED_HOSTS."
+        if self.cross_site.refuses(scope, headers):
+            return (
+                403,
+                "cross_site",
+                "A request from another site's page cannot act with this site's cookie; "
+                "send it from the chat's own page, list its origin in CORS_ORIGINS, or use an API key.",
+            )
+        return None
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal = self._refusal(scope, Headers(scope=scope))
+        if refusal is None:
+            await self.app(scope, receive, send)
+            return
+        logger.info("WS %s %s", scope["path"], refusal[0], extra={"method": "WS", "status": refusal[0]})
+        if "websocket.http.response" in scope.get("extensions", {}):
+            status, code, detail = refusal
+            body = orjson.dumps({"code": code, "detail": detail})
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+            await send({"type": "websocket.http.response.body", "body": body})
+        else:
+            await send({"type": "websocket.close", "code": 1008})  # the server answers 403
+
+    def _security_headers(self, headers: MutableHeaders) -> None:
+        headers.setdefault("X-Content-Type-Options", "nosniff")
+        headers.setdefault("Referrer-Policy", "same-origin")
+        if self.html_csp and headers.get("content-type", "").startswith("text/html"):
+            headers.setdefault("Content-Security-Policy", self.html_csp)
+
     def _cookie(self, scope: Scope, value: str) -> str:
         secure = "; Secure" if scope.get("scheme") == "https" else ""
         return f"{self.cookie_name}={value}; Max-Age={self.cookie_max_age}; Path=/; HttpOnly; SameSite=Lax{secure}"
+
+
+async def _json_error(send: Send, status: int, code: str, detail: str) -> None:
+    body = orjson.dumps({"code": code, "detail": detail})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _unrouted(scope: Scope) -> str:

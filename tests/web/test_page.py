@@ -89,7 +89,7 @@ class RichModel(DemoModel):
     `[[evil]]`, and `[[fail_once]]` (HTTP 500 the first time a message is seen)."""
 
     def __init__(self) -> None:
-        super().__init__(record=False)
+        super().__init__(record=False, directives=True)
         self.failed: set[str] = set()
 
     async def _completions(self, request: Request) -> Response:
