@@ -25,7 +25,7 @@ from personachat.llm import ModelClient, create_openai_client
 from personachat.personas import load_catalog
 from personachat.readers import TurnReaders
 from personachat.store.api_keys import ApiKeyStore
-from personachat.store.client import create_redis
+from personachat.store.client import create_blocking_redis, create_redis
 from personachat.store.history import HistoryStore, Limits
 from personachat.store.keys import KeySpace
 from personachat.store.turnlog import TurnLog
@@ -76,10 +76,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             stack.push_async_callback(openai_client.close)
             redis = create_redis(redis_url, cluster=settings.redis_cluster)
             stack.push_async_callback(redis.aclose)
+            blocking_redis = create_blocking_redis(redis_url, cluster=settings.redis_cluster)
+            stack.push_async_callback(blocking_redis.aclose)
 
             keys = KeySpace(settings.redis_prefix)
             store = HistoryStore(redis, keys, Limits.from_settings(settings))
-            turn_log = TurnLog(redis, keys, settings.turn_stream_ttl_seconds)
+            turn_log = TurnLog(redis, keys, settings.turn_stream_ttl_seconds, blocking_redis)
             turns = TurnService(
                 redis,
                 store,

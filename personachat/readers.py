@@ -121,6 +121,8 @@ class TurnReaders:
     async def _still_running(self, user: str, session_id: str, turn_id: str) -> bool:
         try:
             session = await self._store.get_session(user, session_id)
+        except StoreUnavailable:
+            return True  # unknown, not gone: look again (a lasting outage fails the next read)
         except ChatError:
             return False
         return session.running_turn_id == turn_id

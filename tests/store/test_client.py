@@ -1,0 +1,158 @@
+"""The Redis clients: every "store unavailable" failure is a clean 503 or `error` event, and
+blocking reads never make commands wait."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+from redis.exceptions import ResponseError
+
+from personachat.errors import StoreUnavailable
+from personachat.store.client import (
+    BLOCK_MS,
+    UNAVAILABLE,
+    UNAVAILABLE_DETAILS,
+    create_blocking_redis,
+    create_redis,
+    store_errors,
+)
+from personachat.store.keys import KeySpace
+from personachat.store.turnlog import TurnLog
+from tests.conftest import Service, chat, history, start_session
+from tests.servers import RedisProcess, free_port
+from tests.sse import Event, iter_events
+
+SLOW = "[[chunks=80]] [[delay_ms=25]]"  # a two-second answer
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisProcess]:
+    """A Redis for this test alone, free to be reconfigured."""
+    server = RedisProcess().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def other_redis() -> Iterator[RedisProcess]:
+    server = RedisProcess().start()
+    yield server
+    server.cleanup()
+
+
+def assert_503(response: httpx.Response, words: str) -> None:
+    assert response.status_code == 503, (response.request.url, response.status_code, response.text)
+    body = response.json()
+    assert set(body) == {"code", "detail"} and body["code"] == "store_unavailable", body
+    assert words in body["detail"] and response.headers["retry-after"]
+
+
+def stream_while(client: httpx.Client, session_id: str, after_events: int, action: Callable[[], None]) -> list[Event]:
+    """Send a slow message, run `action` once `after_events` events arrived, read to the end."""
+    events: list[Event] = []
+    with client.stream("POST", "/chat/stream", json={"session_id": session_id, "message": SLOW}) as response:
+        assert response.status_code == 200, response.read()
+        for event in iter_events(response):
+            events.append(event)
+            if len(events) == after_events:
+                action()
+    return events
+
+
+def test_redis_out_of_memory_is_503_and_a_final_error_event_mid_stream(
+    make_service: Callable[..., Service], own_redis: RedisProcess
+) -> None:
+    service = make_service(redis_url=own_redis.url)
+    admin = own_redis.client()
+    with service.client(timeout=20) as client:
+        session_id = start_session(client)
+        chat(client, session_id, "stored before memory ran out")
+        idle_session = start_session(client)
+
+        def run_out_of_memory() -> None:
+            admin.config_set("maxmemory-policy", "noeviction")
+            admin.config_set("maxmemory", 1)
+
+        events = stream_while(client, session_id, 3, run_out_of_memory)
+        final = events[-1]
+        assert final.type == "error" and final.data["code"] == "store_unavailable", final.data
+        assert_503(client.post("/chat/start"), "memory")
+        assert_503(client.post("/chat/stream", json={"session_id": idle_session, "message": "x"}), "memory")
+        admin.config_set("maxmemory", 0)
+        admin.delete(*admin.keys("*:lock:*"))  # the failed turn's lock could not be released while full
+        chat(client, session_id, "memory is back")
+        assert history(client, session_id)["total"] == 4
+
+
+def test_a_read_only_redis_after_a_failover_is_503_and_a_final_error_event_mid_stream(
+    make_service: Callable[..., Service], own_redis: RedisProcess, other_redis: RedisProcess
+) -> None:
+    service = make_service(redis_url=own_redis.url)
+    admin = own_redis.client()
+    with service.client(timeout=20) as client:
+        session_id = start_session(client)
+
+        def demote() -> None:  # what a failover does to the old primary
+            admin.replicaof("127.0.0.1", other_redis.port)
+
+        events = stream_while(client, session_id, 3, demote)
+        final = events[-1]
+        assert final.type == "error" and final.data["code"] == "store_unavailable", final.data
+        assert_503(client.post("/chat/start"), "read-only")
+        admin.replicaof("NO", "ONE")
+        start_session(client)  # writable again: the service recovers by itself
+
+
+def test_many_blocked_readers_do_not_delay_commands(own_redis: RedisProcess) -> None:
+    """Readers resuming turns of another instance block in XREAD; commands must not queue behind them."""
+
+    async def scenario() -> float:
+        pool_size = 8
+        redis = create_redis(own_redis.url, max_connections=pool_size)
+        blocking = create_blocking_redis(own_redis.url, max_connections=4 * pool_size)
+        log = TurnLog(redis, KeySpace("blocked"), 60, blocking)
+        turn = "0123456789abcdef"
+        readers = [
+            asyncio.create_task(log.read_after(f"user{n}", "0" * 32, turn, 0, BLOCK_MS)) for n in range(3 * pool_size)
+        ]
+        await asyncio.sleep(0.3)  # every reader is blocked in XREAD now
+        started = time.monotonic()
+        await log.create("someone", "1" * 32, turn, b'{"type":"start"}')
+        assert await log.tail("someone", "1" * 32, turn) is not None
+        elapsed = time.monotonic() - started
+        assert not any(reader.done() for reader in readers)
+        assert await asyncio.gather(*readers) == [[]] * len(readers)  # they time out, empty
+        await redis.aclose()
+        await blocking.aclose()
+        return elapsed
+
+    elapsed = asyncio.run(scenario())
+    # On the shared pool the commands waited for a blocked read to time out (BLOCK_MS).
+    assert elapsed < 0.5, elapsed
+
+
+def test_the_unavailable_tuple_is_the_translation_table() -> None:
+    assert list(UNAVAILABLE) == list(UNAVAILABLE_DETAILS)
+
+
+def test_a_bug_stays_a_bug_and_a_refusal_of_the_server_is_unavailable(own_redis: RedisProcess) -> None:
+    """A command Redis refuses for its own state becomes StoreUnavailable; a wrong command does not."""
+
+    async def scenario() -> None:
+        redis = create_redis(own_redis.url)
+        await redis.set("a-string", "x")
+        with pytest.raises(ResponseError, match="WRONGTYPE"), store_errors():
+            await redis.lpush("a-string", "y")
+        with pytest.raises(StoreUnavailable, match="disk"), store_errors():
+            raise ResponseError("MISCONF Redis is configured to save RDB snapshots, but it's unable to persist")
+        await redis.aclose()
+        dead = create_redis(f"redis://127.0.0.1:{free_port()}/0")
+        with pytest.raises(StoreUnavailable, match="unreachable"), store_errors():
+            await dead.ping()
+        await dead.aclose()
+
+    asyncio.run(scenario())
