@@ -18,12 +18,12 @@ from collections.abc import AsyncIterator
 
 import orjson
 
-from personachat.errors import ChatError, InvalidRequest, StoreUnavailable, TurnNotFound
+from personachat.errors import ChatError, InvalidRequest, ServerShutdown, StoreUnavailable, TurnNotFound
 from personachat.store.client import BLOCK_MS
 from personachat.store.history import HistoryStore
 from personachat.store.keys import is_turn_id
 from personachat.store.turnlog import TurnLog, is_terminal
-from personachat.turns import ServerShutdown, TurnRun, TurnService, error_payload
+from personachat.turns import TurnRun, TurnService, error_payload
 
 
 def sse_frame(event_id: bytes, payload: bytes) -> bytes:

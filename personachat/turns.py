@@ -33,6 +33,7 @@ from personachat.errors import (
     ChatError,
     EmptyMessage,
     MessageTooLong,
+    ServerShutdown,
     StoreUnavailable,
     UpstreamError,
 )
@@ -127,6 +128,8 @@ class TurnService:
 
     async def start(self, request: TurnRequest) -> TurnRun:
         """Admit and start a turn; raises the HTTP errors known before streaming starts."""
+        if self.closing:
+            raise ServerShutdown()  # 503: a turn admitted now would be cut off at once
         message = request.message.strip()
         if not message:
             raise EmptyMessage()
@@ -348,21 +351,20 @@ class TurnService:
                 if requested:
                     run.stop.set()
 
+    def begin_shutdown(self) -> None:
+        """Refuse new turns (503) and end the running ones with `server_shutdown`, now."""
+        self.closing = True
+        for task in self._tasks:
+            task.cancel()
+
     async def shutdown(self) -> None:
         """End every running turn with `server_shutdown` and wait for their final writes."""
-        self.closing = True
+        self.begin_shutdown()
         if self._poller is not None:
             await _cancel(self._poller)
         tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=10)
-
-
-class ServerShutdown(ChatError):
-    code = "server_shutdown"
-    message = "The server is restarting; send your message again in a moment."
 
 
 def _as_chat_error(exc: BaseException | None) -> ChatError:
