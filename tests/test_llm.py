@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Callable
 
 import pytest
@@ -66,3 +68,59 @@ def test_the_turn_deadline_ends_a_model_that_trickles_forever(
         events = chat(client, session_id, "[[chunks=1000]] [[delay_ms=20]]")  # 20 s of answer
         assert events[-1].type == "error" and events[-1].data["code"] == "turn_timeout"
         assert history(client, session_id)["total"] == 0
+
+
+@pytest.mark.parametrize("directive", ["[[hang]]", "[[hang_after=3]]", "[[first_delay_ms=60000]]"])
+def test_a_hung_model_is_reported_after_upstream_timeout_seconds_retries_included(
+    make_service: Callable[..., Service], model: FakeModel, directive: str
+) -> None:
+    """UPSTREAM_TIMEOUT_SECONDS bounds the whole wait for the first token (the SDK's retries
+    included) and each wait between tokens."""
+    timeout = 1.5
+    service = make_service(upstream_timeout_seconds=timeout, upstream_max_retries=2)
+    with service.client() as client:
+        session_id = start_session(client)
+        started = time.monotonic()
+        events = chat(client, session_id, f"{directive} [[chunks=10]]")
+        elapsed = time.monotonic() - started
+    assert events[-1].type == "error" and events[-1].data["code"] == "upstream_timeout"
+    assert timeout <= elapsed < timeout + 0.5, elapsed
+
+
+def test_a_slow_model_is_not_cut_while_each_token_comes_within_the_timeout(
+    make_service: Callable[..., Service], model: FakeModel
+) -> None:
+    service = make_service(upstream_timeout_seconds=1.0, upstream_max_retries=2)
+    with service.client() as client:
+        session_id = start_session(client)
+        started = time.monotonic()
+        events = chat(client, session_id, "[[first_delay_ms=700]] [[chunks=4]] [[delay_ms=700]]")
+        assert time.monotonic() - started > 2.5  # far longer than the timeout, in total
+    assert events[-1].type == "end" and events[-1].data["finish_reason"] == "stop"
+    assert [e.data["content"] for e in events if e.type == "chunk"] == ["w0 ", "w1 ", "w2 ", "w3 "]
+
+
+def test_a_model_server_that_never_answers_is_reported_after_upstream_timeout_seconds(
+    make_service: Callable[..., Service],
+) -> None:
+    """The SDK retries a request whose headers did not come in time; the retry must fit in
+    the same UPSTREAM_TIMEOUT_SECONDS, not double it."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # connections are accepted by the kernel, and never answered
+    try:
+        timeout = 1.5
+        service = make_service(
+            openai_base_url=f"http://127.0.0.1:{silent.getsockname()[1]}/v1",
+            upstream_timeout_seconds=timeout,
+            upstream_max_retries=1,
+        )
+        with service.client() as client:
+            session_id = start_session(client)
+            started = time.monotonic()
+            events = chat(client, session_id, "hello?")
+            elapsed = time.monotonic() - started
+    finally:
+        silent.close()
+    assert [e.type for e in events] == ["start", "error"] and events[-1].data["code"] == "upstream_timeout"
+    assert timeout <= elapsed < timeout + 0.5, elapsed
