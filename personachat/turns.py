@@ -245,8 +245,12 @@ class TurnService:
     async def _flush_later(self, run: TurnRun) -> None:
         await asyncio.sleep(FLUSH_INTERVAL)
         # Shielded: once started, a write is not abandoned halfway (its ids must stay in order).
+        # When this wait is cancelled the write goes on alone, so its outcome is retrieved by
+        # a callback (a failed flush is harmless: the next write repeats its events).
+        write = asyncio.ensure_future(self._flush(run))
+        write.add_done_callback(_retrieve)
         with contextlib.suppress(StoreUnavailable):
-            await asyncio.shield(self._flush(run))
+            await asyncio.shield(write)
 
     async def _flush(self, run: TurnRun) -> None:
         async with run.writing:
@@ -376,6 +380,13 @@ def _as_chat_error(exc: BaseException | None) -> ChatError:
 
 def error_payload(error: ChatError) -> dict[str, Any]:
     return {"type": "error", "code": error.code, "content": error.message}
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Done callback of a task nobody may be left to await: a store outage is expected and
+    dropped, anything else is logged once (instead of asyncio's "exception never retrieved")."""
+    if not task.cancelled() and (exc := task.exception()) is not None and not isinstance(exc, StoreUnavailable):
+        logger.error("background write failed", exc_info=exc)
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:

@@ -4,6 +4,7 @@ blocking reads never make commands wait."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Callable, Iterator
 
@@ -156,3 +157,35 @@ def test_a_bug_stays_a_bug_and_a_refusal_of_the_server_is_unavailable(own_redis:
         await dead.aclose()
 
     asyncio.run(scenario())
+
+
+# -- what an outage leaves behind -------------------------------------------------------------
+
+
+def test_a_session_rebuilt_after_redis_lost_its_data_has_a_creation_time(
+    make_service: Callable[..., Service], own_redis: RedisProcess
+) -> None:
+    service = make_service(redis_url=own_redis.url)
+    with service.client(timeout=20) as client:
+        session_id = start_session(client)
+        events = stream_while(client, session_id, 3, lambda: own_redis.client().flushall())  # the data is lost
+        assert events[-1].type in ("end", "error")
+        sessions = client.get("/chat/sessions").json()["sessions"]
+        # Whether the commit brings the session back or not, a listed session says when it began.
+        assert all(session["created_at"] for session in sessions), sessions
+
+
+def test_an_outage_mid_turn_leaves_no_task_exception_unretrieved(
+    make_service: Callable[..., Service], own_redis: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = make_service(redis_url=own_redis.url)
+    with service.client(timeout=20) as client:
+        for _ in range(2):
+            session_id = start_session(client)  # (this Redis keeps nothing across a restart)
+            events = stream_while(client, session_id, 3, own_redis.stop)
+            assert events[-1].data["code"] == "store_unavailable"
+            own_redis.start()
+            time.sleep(0.5)  # the turns' background writes are over
+    gc.collect()  # asyncio reports an unretrieved exception when its task is collected
+    unretrieved = [record for record in caplog.records if "never retrieved" in record.getMessage()]
+    assert unretrieved == []
