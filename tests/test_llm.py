@@ -1,15 +1,21 @@
-"""Model failures become one `error` event with a stable code; history holds no half answer."""
+"""The model client (llm.py) over real HTTP: every failure is one `error` event with its stable
+code, history holds no half answer, and UPSTREAM_TIMEOUT_SECONDS is one budget, retries included."""
 
 from __future__ import annotations
 
+import json
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
 
 from tests.conftest import FakeModel, Service, chat, history, start_session
-from tests.servers import free_port
+from tests.servers import ThreadedServer, free_port, running
 
 
 @pytest.mark.parametrize(
@@ -124,3 +130,37 @@ def test_a_model_server_that_never_answers_is_reported_after_upstream_timeout_se
         silent.close()
     assert [e.type for e in events] == ["start", "error"] and events[-1].data["code"] == "upstream_timeout"
     assert timeout <= elapsed < timeout + 0.5, elapsed
+
+
+def test_a_stream_that_ends_cleanly_without_a_finish_reason_is_a_cut_stream(
+    make_service: Callable[..., Service],
+) -> None:
+    async def completions(request: Request) -> Response:
+        async def body() -> AsyncIterator[bytes]:
+            chunk = {"choices": [{"index": 0, "delta": {"content": "half an"}, "finish_reason": None}]}
+            yield b"data: " + json.dumps(chunk).encode() + b"\n\n"  # then the body ends: no finish, no [DONE]
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    quitter = ThreadedServer(Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"])]))
+    with running(quitter):
+        service = make_service(openai_base_url=quitter.base_url + "/v1")
+        with service.client() as client:
+            session_id = start_session(client)
+            events = chat(client, session_id, "tell me everything")
+            assert [e.type for e in events] == ["start", "chunk", "error"]
+            assert events[-1].data["code"] == "upstream_stream_cut"
+            assert history(client, session_id)["total"] == 0
+
+
+@pytest.mark.parametrize(
+    ("directive", "attempts"), [("[[status=503]]", 2), ("[[status=429]]", 2), ("[[status=400]]", 1)]
+)
+def test_the_sdk_retries_transient_refusals_within_the_budget_and_not_the_others(
+    make_service: Callable[..., Service], model: FakeModel, directive: str, attempts: int
+) -> None:
+    service = make_service(upstream_timeout_seconds=5.0, upstream_max_retries=1)
+    with service.client() as client:
+        session_id = start_session(client)
+        chat(client, session_id, directive)
+    assert len(model.requests) == attempts
