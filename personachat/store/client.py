@@ -29,6 +29,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import (
+    AskError,
     ClusterDownError,
     ClusterError,
     OutOfMemoryError,
@@ -63,12 +64,14 @@ UNAVAILABLE_DETAILS: dict[type[BaseException], str] = {
     ReadOnlyError: "The conversation store (Redis) is read-only right now (a failover?); try again shortly.",
     # maxmemory reached under the noeviction policy.
     OutOfMemoryError: "The conversation store (Redis) is out of memory; try again later.",
-    # CLUSTERDOWN and MASTERDOWN, a slot being migrated, no node serving a slot, MOVED and
-    # ASK redirections that did not settle within the cluster client's own retries.
+    # CLUSTERDOWN and MASTERDOWN, a slot being migrated, no node serving a slot, and
+    # redirections that did not settle within the cluster client's own retries.
     ClusterDownError: "The conversation store (Redis Cluster) is down; try again shortly.",
     TryAgainError: "The conversation store (Redis Cluster) is resharding; try again shortly.",
     SlotNotCoveredError: "The conversation store (Redis Cluster) does not serve this data right now.",
     ClusterError: "The conversation store (Redis Cluster) is unstable; try again shortly.",
+    # MOVED and ASK (MovedError is an AskError): from a single node, REDIS_CLUSTER is unset.
+    AskError: "The conversation store (Redis) keeps redirecting to other nodes (a cluster? set REDIS_CLUSTER).",
 }
 
 # The same classes as a tuple, for `except UNAVAILABLE:` where a caller retries on its own
@@ -83,6 +86,7 @@ UNAVAILABLE = (
     TryAgainError,
     SlotNotCoveredError,
     ClusterError,
+    AskError,
 )
 UNREACHABLE = UNAVAILABLE  # the older name, kept for callers
 _TRANSLATED = (*UNAVAILABLE, ResponseError, RedisClusterException)  # what store_errors() looks at
@@ -91,7 +95,6 @@ _TRANSLATED = (*UNAVAILABLE, ResponseError, RedisClusterException)  # what store
 _UNAVAILABLE_REPLIES = {
     "MISCONF": "The conversation store (Redis) refuses writes: it cannot save to disk.",
     "NOREPLICAS": "The conversation store (Redis) has too few replicas to accept writes.",
-    "MOVED": "The conversation store (Redis) redirects to another node: is it a cluster (REDIS_CLUSTER)?",
 }
 
 # The cluster client's own failures that mean its nodes are away or disagree (its other

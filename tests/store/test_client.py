@@ -10,7 +10,15 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
-from redis.exceptions import ResponseError
+from redis.exceptions import (
+    ClusterDownError,
+    MasterDownError,
+    MaxConnectionsError,
+    MovedError,
+    RedisClusterException,
+    ResponseError,
+    TryAgainError,
+)
 
 from personachat.errors import StoreUnavailable
 from personachat.store.client import (
@@ -189,3 +197,29 @@ def test_an_outage_mid_turn_leaves_no_task_exception_unretrieved(
     gc.collect()  # asyncio reports an unretrieved exception when its task is collected
     unretrieved = [record for record in caplog.records if "never retrieved" in record.getMessage()]
     assert unretrieved == []
+
+
+@pytest.mark.parametrize(
+    ("error", "words"),
+    [
+        (ClusterDownError("CLUSTERDOWN The cluster is down"), "down"),
+        (MasterDownError("MASTERDOWN Link with MASTER is down"), "down"),
+        (TryAgainError("TRYAGAIN Multiple keys request during rehashing of slot"), "resharding"),
+        (MovedError("3999 127.0.0.1:6381"), "redirecting"),
+        (
+            RedisClusterException("Redis Cluster cannot be connected. Please provide at least one reachable node"),
+            "Cluster",
+        ),
+        (MaxConnectionsError("Too many connections"), "unreachable"),
+        (ResponseError("NOREPLICAS Not enough good replicas to write."), "replicas"),
+    ],
+)
+def test_cluster_and_replication_refusals_are_in_the_table(error: Exception, words: str) -> None:
+    """The refusals a test cannot cheaply provoke on a real cluster, raised as redis-py raises them."""
+    with pytest.raises(StoreUnavailable, match=words), store_errors():
+        raise error
+
+
+def test_cluster_usage_errors_stay_bugs() -> None:
+    with pytest.raises(RedisClusterException), store_errors():
+        raise RedisClusterException("EVAL - all keys must map to the same key slot")
