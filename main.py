@@ -76,9 +76,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 max_retries=settings.upstream_max_retries,
             )
             stack.push_async_callback(openai_client.close)
-            redis = create_redis(redis_url, cluster=settings.redis_cluster)
+            pool = settings.redis_max_connections
+            redis = create_redis(redis_url, cluster=settings.redis_cluster, max_connections=pool)
             stack.push_async_callback(redis.aclose)
-            blocking_redis = create_blocking_redis(redis_url, cluster=settings.redis_cluster)
+            # XREAD BLOCK holds a connection for up to BLOCK_MS: never on the command pool.
+            blocking_redis = create_blocking_redis(redis_url, cluster=settings.redis_cluster, max_connections=4 * pool)
             stack.push_async_callback(blocking_redis.aclose)
 
             keys = KeySpace(settings.redis_prefix)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -223,3 +224,46 @@ def test_cluster_and_replication_refusals_are_in_the_table(error: Exception, wor
 def test_cluster_usage_errors_stay_bugs() -> None:
     with pytest.raises(RedisClusterException), store_errors():
         raise RedisClusterException("EVAL - all keys must map to the same key slot")
+
+
+def test_clients_resuming_remote_turns_do_not_delay_turns_on_that_instance(
+    make_service: Callable[..., Service],
+) -> None:
+    """Twelve clients follow, from instance B, a turn running on A; B's command pool has room
+    for four. B must still admit, run and commit another turn at once."""
+    running_on_a = make_service(upstream_timeout_seconds=30)
+    b = make_service(redis_max_connections=4)
+    with running_on_a.client() as client_a:
+        session_id, other_session = start_session(client_a), start_session(client_a)
+        head: list[Event] = []
+        with client_a.stream(
+            "POST", "/chat/stream", json={"session_id": session_id, "message": "[[chunks=5]] [[hang_after=1]]"}
+        ) as response:
+            for event in iter_events(response):
+                head.append(event)
+                if len(head) == 2:
+                    break
+        cookies = client_a.cookies
+    time.sleep(0.5)  # the turn's events are flushed to Redis
+    ended: list[str] = []
+
+    def follow_from_b() -> None:
+        with b.client(cookies=cookies) as client:
+            params = {"session_id": session_id, "last_event_id": head[-1].id}
+            with client.stream("GET", "/chat/stream", params=params) as response:
+                ended.extend(event.type for event in iter_events(response) if event.type in ("end", "error"))
+
+    readers = [threading.Thread(target=follow_from_b) for _ in range(12)]
+    for reader in readers:
+        reader.start()
+    time.sleep(1.0)  # every reader is blocked in XREAD on B
+    with b.client(cookies=cookies) as client_b:
+        started = time.monotonic()
+        events = chat(client_b, other_session, "a quick one")
+        elapsed = time.monotonic() - started
+        assert events[-1].type == "end"
+        client_b.post("/chat/stop", params={"session_id": session_id})
+    for reader in readers:
+        reader.join(timeout=15)
+    assert ended == ["end"] * len(readers)  # each follower got the stopped turn's end
+    assert elapsed < 1.0, elapsed
