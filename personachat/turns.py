@@ -143,7 +143,9 @@ class TurnService:
         try:
             await self._log.create(run.user, run.session_id, run.turn_id, run.payloads[0])
             run.flushed = 1
-        except StoreUnavailable:
+            if self.closing:  # the shutdown began while this turn was being admitted
+                raise ServerShutdown()
+        except (StoreUnavailable, ServerShutdown):
             with contextlib.suppress(*UNREACHABLE):
                 await self._release(run)
             raise
