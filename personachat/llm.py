@@ -10,6 +10,12 @@ HTTP error mapping, with three choices measured in the benchmark (bench/):
   quarter of the service's CPU under load, for dicts that are plain JSON already;
 - HTTP goes through the SDK's aiohttp transport (C HTTP parser) instead of pure-Python h11.
 
+UPSTREAM_TIMEOUT_SECONDS is one budget, not a per-attempt timeout: the SDK retries a request
+whose headers did not come in time, which made a hung model take twice the timeout plus the
+retry pause to be reported. The budget covers everything up to the first byte, the SDK's
+retries included (so they only happen when they fit: after a refused or reset connection, a
+429 or a 5xx), and starts again for each wait between reads.
+
 Every failure leaves this module as an `UpstreamError` with a stable code:
 
     upstream_unreachable   connection refused or reset before an answer
@@ -39,7 +45,8 @@ from personachat.errors import UpstreamError, UpstreamTimeout
 
 
 def create_openai_client(*, api_key: str, base_url: str | None, timeout: float, max_retries: int) -> openai.AsyncOpenAI:
-    """The shared AsyncOpenAI client; the read timeout bounds the wait for every byte."""
+    """The shared AsyncOpenAI client. Its timeouts bound one attempt; `ModelClient.stream`
+    holds the budget that bounds them all (see there)."""
     limits = httpx2.Timeout(timeout, connect=min(timeout, 10.0))
     return openai.AsyncOpenAI(
         api_key=api_key,
