@@ -105,7 +105,7 @@ _CLUSTER_AWAY = ("Redis Cluster cannot be connected", "startup_nodes could not a
 # turn is alive; the blocking client's socket timeout must exceed it.
 BLOCK_MS = 2_000
 
-COMMAND_TIMEOUT = 5.0  # seconds without a reply before a command is given up
+COMMAND_TIMEOUT = 7.0  # seconds without a reply before a command is given up (bulk scripts included)
 
 
 def store_unavailable(exc: BaseException) -> StoreUnavailable | None:
@@ -186,7 +186,7 @@ def create_blocking_redis(url: str, *, cluster: bool = False, max_connections: i
     readers beyond `max_connections` queue behind each other; a cluster client's pool
     per node does not wait, so it gets room for every reader a node can expect.
     """
-    options = _options(BLOCK_MS / 1000 + COMMAND_TIMEOUT)
+    options = _options(BLOCK_MS / 1000 + 5.0)
     if cluster:
         return RedisCluster.from_url(url, max_connections=max_connections, **options)
     pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30, **options)
