@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     redis_cluster: bool = False
     redis_prefix: str = "chat"
+    # Connections per process for commands; blocking reads get a pool four times as large.
+    redis_max_connections: int = Field(256, ge=2, le=10_000)
 
     # Where the embedded Redis and the generated secret key live.
     data_dir: Path = Path("data")

@@ -10,12 +10,14 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from types import FrameType
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
-from sse_starlette.sse import AppStatus
 
 from config import Settings
 from personachat import __version__
@@ -26,7 +28,7 @@ from personachat.llm import ModelClient, create_openai_client
 from personachat.personas import load_catalog
 from personachat.readers import TurnReaders
 from personachat.store.api_keys import ApiKeyStore
-from personachat.store.client import create_redis
+from personachat.store.client import create_blocking_redis, create_redis
 from personachat.store.history import HistoryStore, Limits
 from personachat.store.keys import KeySpace
 from personachat.store.limits import IdentityLimits
@@ -76,12 +78,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 max_retries=settings.upstream_max_retries,
             )
             stack.push_async_callback(openai_client.close)
-            redis = create_redis(redis_url, cluster=settings.redis_cluster)
+            pool = settings.redis_max_connections
+            redis = create_redis(redis_url, cluster=settings.redis_cluster, max_connections=pool)
             stack.push_async_callback(redis.aclose)
+            # XREAD BLOCK holds a connection for up to BLOCK_MS: never on the command pool.
+            blocking_redis = create_blocking_redis(redis_url, cluster=settings.redis_cluster, max_connections=4 * pool)
+            stack.push_async_callback(blocking_redis.aclose)
 
             keys = KeySpace(settings.redis_prefix)
             store = HistoryStore(redis, keys, Limits.from_settings(settings))
-            turn_log = TurnLog(redis, keys, settings.turn_stream_ttl_seconds)
+            turn_log = TurnLog(redis, keys, settings.turn_stream_ttl_seconds, blocking_redis)
             turns = TurnService(
                 redis,
                 store,
@@ -104,7 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.services = Services(settings, redis, store, turns, readers, api_keys, identity, personas)
             app.state.demo_model = settings.uses_demo_model
             turns.start_background()
-            watcher = asyncio.create_task(_end_turns_on_exit(turns))
+            stack.enter_context(_on_exit_signal(turns.begin_shutdown))
             logger.info(
                 "ready: model=%s redis=%s",
                 "offline demo" if settings.uses_demo_model else model_name,
@@ -113,7 +119,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             try:
                 yield
             finally:
-                watcher.cancel()
                 await turns.shutdown()
 
     app = FastAPI(
@@ -151,16 +156,40 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-async def _end_turns_on_exit(turns: TurnService) -> None:
-    """On SIGTERM/SIGINT, end running turns with `server_shutdown` so streams can close.
+EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    uvicorn waits for open connections before the lifespan's shutdown runs, and an SSE
-    stream stays open until its turn ends; so the turns are ended as soon as the server
-    is told to exit (sse-starlette's flag, or uvicorn's own when its signal handler is set).
+
+@contextlib.contextmanager
+def _on_exit_signal(callback: Callable[[], None]) -> Iterator[None]:
+    """Call `callback` in the event loop as soon as SIGTERM or SIGINT arrives.
+
+    uvicorn runs the lifespan's shutdown only after every connection has closed, and an SSE
+    stream stays open until its turn ends; so the app hears the signal itself, to refuse new
+    turns (503 `server_shutdown`) and end the running ones while the server drains. The
+    handler the server installed (uvicorn's `Server.handle_exit`, in every worker) is
+    chained, not replaced: it still starts the server's graceful shutdown. Only the main
+    thread receives signals; a server run in another thread (the tests') is told nothing,
+    and its turns end in the lifespan's shutdown.
     """
-    while True:
-        await asyncio.sleep(0.2)
-        server = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
-        if AppStatus.should_exit or getattr(server, "should_exit", False):
-            await turns.shutdown()
-            return
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    previous: dict[int, Any] = {sig: signal.getsignal(sig) for sig in EXIT_SIGNALS}
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(callback)
+        chained = previous[signum]
+        if callable(chained):
+            chained(signum, frame)
+
+    # Only where a server owns the signal: with the default action, the process would not exit.
+    chained = [sig for sig in EXIT_SIGNALS if callable(previous[sig])]
+    for sig in chained:
+        signal.signal(sig, handle)
+    try:
+        yield
+    finally:
+        for sig in chained:
+            if signal.getsignal(sig) is handle:
+                signal.signal(sig, previous[sig])

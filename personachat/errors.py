@@ -12,6 +12,7 @@
     ├── TurnInProgress (409)            one turn at a time per session
     ├── RateLimited (429)               with Retry-After
     ├── StoreUnavailable (503)          Redis unreachable
+    ├── ServerShutdown (503)            the server is shutting down: new turns are refused
     └── UpstreamError                   the model failed; only ever sent as an `error` event
         └── UpstreamTimeout
 
@@ -116,6 +117,17 @@ class StoreUnavailable(ChatError):
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message, headers={"Retry-After": "2"})
+
+
+class ServerShutdown(ChatError):
+    """Refuses a turn while the server shuts down, and ends the running ones (as an event)."""
+
+    status_code = 503
+    code = "server_shutdown"
+    message = "The server is restarting; send your message again in a moment."
+
+    def __init__(self) -> None:
+        super().__init__(headers={"Retry-After": "2"})
 
 
 class UpstreamError(ChatError):

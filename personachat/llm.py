@@ -10,10 +10,17 @@ HTTP error mapping, with three choices measured in the benchmark (bench/):
   quarter of the service's CPU under load, for dicts that are plain JSON already;
 - HTTP goes through the SDK's aiohttp transport (C HTTP parser) instead of pure-Python h11.
 
+UPSTREAM_TIMEOUT_SECONDS is one budget, not a per-attempt timeout: the SDK retries a request
+whose headers did not come in time, which made a hung model take twice the timeout plus the
+retry pause to be reported. The budget covers everything up to the first byte, the SDK's
+retries included (so they only happen when they fit: after a refused or reset connection, a
+429 or a 5xx), and starts again for each wait between reads.
+
 Every failure leaves this module as an `UpstreamError` with a stable code:
 
     upstream_unreachable   connection refused or reset before an answer
-    upstream_timeout       no byte for UPSTREAM_TIMEOUT_SECONDS (first token or between tokens)
+    upstream_timeout       UPSTREAM_TIMEOUT_SECONDS passed before the first byte (the SDK's
+                           retries included) or between two reads of the stream
     upstream_auth          401/403: the key is wrong or lacks access
     upstream_rate_limited  429 from the model's API
     model_not_found        404: no such model (or wrong base URL)
@@ -25,6 +32,7 @@ Every failure leaves this module as an `UpstreamError` with a stable code:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +45,8 @@ from personachat.errors import UpstreamError, UpstreamTimeout
 
 
 def create_openai_client(*, api_key: str, base_url: str | None, timeout: float, max_retries: int) -> openai.AsyncOpenAI:
-    """The shared AsyncOpenAI client; the read timeout bounds the wait for every byte."""
+    """The shared AsyncOpenAI client. Its timeouts bound one attempt; `ModelClient.stream`
+    holds the budget that bounds them all (see there)."""
     limits = httpx2.Timeout(timeout, connect=min(timeout, 10.0))
     return openai.AsyncOpenAI(
         api_key=api_key,
@@ -73,25 +82,34 @@ class ModelClient:
         options: dict[str, Any] = {}
         if temperature is not None:
             options["temperature"] = temperature
+        loop = asyncio.get_running_loop()
         try:
-            async with self._client.chat.completions.with_streaming_response.create(
-                model=model or self.default_model,
-                messages=[],  # the real ones are in extra_body, see the module docstring
-                stream=True,
-                extra_body={"messages": messages},
-                **options,
-            ) as response:
-                buffer = b""
-                async for data in response.http_response.aiter_bytes():
-                    lines = (buffer + data).split(b"\n")
-                    buffer = lines.pop()
-                    text = _parse_lines(lines, completion)
-                    if text:
-                        yield text
-                # Read to the end of the body even after the finish reason, so that the
-                # connection goes back to the pool instead of being closed.
-                if completion.finish_reason is not None:
-                    return
+            # The budget: UPSTREAM_TIMEOUT_SECONDS for everything before the first byte of the
+            # answer (connecting, the SDK's retries and their pauses, the headers), then again
+            # for each wait between reads. The SDK's own timeouts bound a single attempt only.
+            async with asyncio.timeout(self._timeout) as budget:
+                async with self._client.chat.completions.with_streaming_response.create(
+                    model=model or self.default_model,
+                    messages=[],  # the real ones are in extra_body, see the module docstring
+                    stream=True,
+                    extra_body={"messages": messages},
+                    **options,
+                ) as response:
+                    buffer = b""
+                    async for data in response.http_response.aiter_bytes():
+                        lines = (buffer + data).split(b"\n")
+                        buffer = lines.pop()
+                        text = _parse_lines(lines, completion)
+                        if text:
+                            budget.reschedule(None)  # the caller's time between tokens is not the model's
+                            yield text
+                        budget.reschedule(loop.time() + self._timeout)
+                    # Read to the end of the body even after the finish reason, so that the
+                    # connection goes back to the pool instead of being closed.
+                    if completion.finish_reason is not None:
+                        return
+        except TimeoutError as exc:  # the budget ran out
+            raise UpstreamTimeout(self._timeout) from exc
         except openai.APIStatusError as exc:
             raise _status_error(exc) from exc
         except openai.APITimeoutError as exc:

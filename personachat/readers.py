@@ -18,12 +18,12 @@ from collections.abc import AsyncIterator
 
 import orjson
 
-from personachat.errors import ChatError, InvalidRequest, StoreUnavailable, TurnNotFound
+from personachat.errors import ChatError, InvalidRequest, ServerShutdown, StoreUnavailable, TurnNotFound
 from personachat.store.client import BLOCK_MS
 from personachat.store.history import HistoryStore
 from personachat.store.keys import is_turn_id
 from personachat.store.turnlog import TurnLog, is_terminal
-from personachat.turns import ServerShutdown, TurnRun, TurnService, error_payload
+from personachat.turns import TurnRun, TurnService, error_payload
 
 
 def sse_frame(event_id: bytes, payload: bytes) -> bytes:
@@ -121,6 +121,8 @@ class TurnReaders:
     async def _still_running(self, user: str, session_id: str, turn_id: str) -> bool:
         try:
             session = await self._store.get_session(user, session_id)
+        except StoreUnavailable:
+            return True  # unknown, not gone: look again (a lasting outage fails the next read)
         except ChatError:
             return False
         return session.running_turn_id == turn_id

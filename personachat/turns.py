@@ -33,6 +33,7 @@ from personachat.errors import (
     ChatError,
     EmptyMessage,
     MessageTooLong,
+    ServerShutdown,
     StoreUnavailable,
     UpstreamError,
 )
@@ -127,6 +128,8 @@ class TurnService:
 
     async def start(self, request: TurnRequest) -> TurnRun:
         """Admit and start a turn; raises the HTTP errors known before streaming starts."""
+        if self.closing:
+            raise ServerShutdown()  # 503: a turn admitted now would be cut off at once
         message = request.message.strip()
         if not message:
             raise EmptyMessage()
@@ -140,7 +143,9 @@ class TurnService:
         try:
             await self._log.create(run.user, run.session_id, run.turn_id, run.payloads[0])
             run.flushed = 1
-        except StoreUnavailable:
+            if self.closing:  # the shutdown began while this turn was being admitted
+                raise ServerShutdown()
+        except (StoreUnavailable, ServerShutdown):
             with contextlib.suppress(*UNREACHABLE):
                 await self._release(run)
             raise
@@ -242,8 +247,12 @@ class TurnService:
     async def _flush_later(self, run: TurnRun) -> None:
         await asyncio.sleep(FLUSH_INTERVAL)
         # Shielded: once started, a write is not abandoned halfway (its ids must stay in order).
+        # When this wait is cancelled the write goes on alone, so its outcome is retrieved by
+        # a callback (a failed flush is harmless: the next write repeats its events).
+        write = asyncio.ensure_future(self._flush(run))
+        write.add_done_callback(_retrieve)
         with contextlib.suppress(StoreUnavailable):
-            await asyncio.shield(self._flush(run))
+            await asyncio.shield(write)
 
     async def _flush(self, run: TurnRun) -> None:
         async with run.writing:
@@ -348,21 +357,20 @@ class TurnService:
                 if requested:
                     run.stop.set()
 
+    def begin_shutdown(self) -> None:
+        """Refuse new turns (503) and end the running ones with `server_shutdown`, now."""
+        self.closing = True
+        for task in self._tasks:
+            task.cancel()
+
     async def shutdown(self) -> None:
         """End every running turn with `server_shutdown` and wait for their final writes."""
-        self.closing = True
+        self.begin_shutdown()
         if self._poller is not None:
             await _cancel(self._poller)
         tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=10)
-
-
-class ServerShutdown(ChatError):
-    code = "server_shutdown"
-    message = "The server is restarting; send your message again in a moment."
 
 
 def _as_chat_error(exc: BaseException | None) -> ChatError:
@@ -374,6 +382,13 @@ def _as_chat_error(exc: BaseException | None) -> ChatError:
 
 def error_payload(error: ChatError) -> dict[str, Any]:
     return {"type": "error", "code": error.code, "content": error.message}
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Done callback of a task nobody may be left to await: a store outage is expected and
+    dropped, anything else is logged once (instead of asyncio's "exception never retrieved")."""
+    if not task.cancelled() and (exc := task.exception()) is not None and not isinstance(exc, StoreUnavailable):
+        logger.error("background write failed", exc_info=exc)
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:

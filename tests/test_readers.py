@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 import threading
 import time
 from collections.abc import Callable
 
 import httpx
 
+from personachat.llm import ModelClient, create_openai_client
+from personachat.personas import load_catalog
+from personachat.readers import TurnReaders
+from personachat.store.client import BLOCK_MS, create_redis
+from personachat.store.history import HistoryStore, Limits
+from personachat.store.keys import KeySpace
+from personachat.store.turnlog import TurnLog
+from personachat.turns import TurnService
 from tests.conftest import FakeModel, Service, chat, history, start_session
-from tests.servers import RedisProcess
+from tests.servers import RedisProcess, free_port
 from tests.sse import Event, answer_text, collect, iter_events
 
 SLOW = "[[chunks=40]] [[delay_ms=25]]"  # a one-second answer: w0 w1 ... w39
@@ -218,3 +228,42 @@ def test_a_turn_is_capped_in_events_and_leaves_no_task_behind(
     assert turns.active_turns == 0
     stream_keys = list(redis_server.client().scan_iter(f"{service.settings.redis_prefix}:*:t:*"))
     assert stream_keys and all(0 < redis_server.client().ttl(key) <= 3600 for key in stream_keys)
+
+
+def test_an_outage_during_a_remote_read_is_not_taken_for_a_lost_turn(redis_server: RedisProcess) -> None:
+    """A reader of another instance's turn checks, between blocking reads, that the turn still
+    runs; when that check cannot reach Redis the answer is "unknown": it reads on, and the
+    turn's final event arrives, instead of a false `turn_lost`."""
+
+    async def scenario() -> list[bytes]:
+        live = create_redis(redis_server.url)
+        away = create_redis(f"redis://127.0.0.1:{free_port()}/0")  # where the sessions "are": down
+        keys = KeySpace("outage" + secrets.token_hex(3))
+        limits = Limits(20, 1000, 3600, 60_000, 4, 0)
+        log = TurnLog(live, keys, 60)
+        store = HistoryStore(away, keys, limits)
+        openai_client = create_openai_client(api_key="k", base_url="http://127.0.0.1:9/v1", timeout=1, max_retries=0)
+        model = ModelClient(openai_client, "m", 1)
+        turns = TurnService(
+            live, store, log, load_catalog(None, "assistant"), model,
+            max_message_chars=100, turn_timeout=60, max_turn_events=100,
+        )  # fmt: skip
+        user, session_id, turn_id = "someone", "a" * 32, "b" * 16
+        await log.create(user, session_id, turn_id, b'{"type":"start"}')
+        frames: list[bytes] = []
+
+        async def read() -> None:
+            async for frame in TurnReaders(turns, store, log)._read_stored(user, session_id, turn_id, 1):
+                frames.append(frame)
+
+        reader = asyncio.create_task(read())
+        await asyncio.sleep(BLOCK_MS / 1000 + 0.7)  # one blocking read and one failed check later
+        await log.append(user, session_id, turn_id, 2, [b'{"type":"end","finish_reason":"stop"}'])
+        await asyncio.wait_for(reader, timeout=10)
+        for client in (live, away):
+            await client.aclose()
+        await openai_client.close()
+        return frames
+
+    frames = asyncio.run(scenario())
+    assert len(frames) == 1 and b'"type":"end"' in frames[0], frames  # not turn_lost

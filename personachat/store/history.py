@@ -265,6 +265,7 @@ class HistoryStore:
         pipe.expire(messages_key, ttl)
         pipe.hset(session_key, mapping={"role": role, "last_activity": _iso_from_ms(now_ms)})
         pipe.hsetnx(session_key, "title", title[:TITLE_CHARS])
+        pipe.hsetnx(session_key, "created_at", _iso_from_ms(now_ms))  # if Redis lost the session
         pipe.expire(session_key, ttl)
         pipe.zadd(self._keys.sessions(user), {session_id: now_ms})
         pipe.expire(self._keys.sessions(user), ttl)
@@ -285,7 +286,7 @@ def _session_info(session_id: str, meta: dict[bytes, bytes], lock: bytes | None,
         session_id=session_id,
         role=text.get("role", ""),
         title=text.get("title", ""),
-        created_at=text.get("created_at", ""),
+        created_at=text.get("created_at") or text.get("last_activity", ""),  # a hash from before HSETNX
         last_activity=text.get("last_activity", ""),
         messages=count,
         running_turn_id=lock.decode() if lock else None,

@@ -38,8 +38,9 @@ class TurnTail:
 
 
 class TurnLog:
-    def __init__(self, redis: Redis, keys: KeySpace, ttl_seconds: int) -> None:
+    def __init__(self, redis: Redis, keys: KeySpace, ttl_seconds: int, blocking: Redis | None = None) -> None:
         self._redis = redis
+        self._blocking = blocking or redis  # XREAD BLOCK runs on its own pool (store.client)
         self._keys = keys
         self._ttl = ttl_seconds
 
@@ -86,7 +87,8 @@ class TurnLog:
     ) -> list[tuple[int, bytes]]:
         """The events after `after_seq`, waiting up to `block_ms` for the first one (None: no wait)."""
         key = self._keys.turn(user, session_id, turn_id)
-        reply = await self._redis.xread({key: f"0-{after_seq}"}, block=block_ms)
+        client = self._redis if block_ms is None else self._blocking
+        reply = await client.xread({key: f"0-{after_seq}"}, block=block_ms)
         events = []
         for _key, entries in reply or ():
             for _entry_id, fields in entries:
