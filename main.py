@@ -35,6 +35,7 @@ from personachat.web.errors import install_error_handlers
 from personachat.web.middleware import ServiceMiddleware
 from personachat.web.routes import router
 from personachat.web.routes.ops import STATIC_DIR
+from personachat.web.schemas import install_openapi
 
 logger = logging.getLogger("personachat")
 
@@ -120,9 +121,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(
-        ServiceMiddleware, cookie_name=settings.cookie_name, cookie_max_age=settings.cookie_max_age_days * 86_400
+        ServiceMiddleware,
+        cookie_name=settings.cookie_name,
+        cookie_max_age=settings.cookie_max_age_days * 86_400,
+        max_body_bytes=settings.resolved_max_body_bytes,
     )
     install_error_handlers(app)
+    install_openapi(app, personas.keys, settings.max_message_chars)
     return app
 
 

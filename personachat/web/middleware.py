@@ -25,6 +25,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from personachat import metrics
 from personachat.identity import NEW_COOKIE
 from personachat.logs import request_id
+from personachat.web.errors import unhandled
+from personachat.web.limits import BodyLimit
 
 logger = logging.getLogger("personachat.access")
 
@@ -32,8 +34,11 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 class ServiceMiddleware:
-    def __init__(self, app: ASGIApp, *, cookie_name: str, cookie_max_age: int) -> None:
+    def __init__(self, app: ASGIApp, *, cookie_name: str, cookie_max_age: int, max_body_bytes: int) -> None:
         self.app = app
+        # Hook (personachat.web.limits, .errors): the body limit in front of the app, and the
+        # one place an unhandled error is logged and answered.
+        self._limited = BodyLimit(app, max_body_bytes)
         self.cookie_name = cookie_name
         self.cookie_max_age = cookie_max_age
 
@@ -63,7 +68,7 @@ class ServiceMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapped)
+            await unhandled(self._limited, scope, receive, send_wrapped)
         finally:
             if streaming:
                 metrics.STREAMS_OPEN.dec()
