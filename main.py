@@ -90,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 max_message_chars=settings.max_message_chars,
                 turn_timeout=settings.turn_timeout_seconds,
                 max_turn_events=settings.max_turn_events,
+                max_answer_chars=settings.max_answer_chars,
             )
             api_keys = ApiKeyStore(redis, keys)
             identity = IdentityResolver(

@@ -4,7 +4,7 @@ Both `start_server.py` and the tests' servers run uvicorn with `server_options(s
 so what is tested is what runs. uvicorn's httptools protocol bounds neither a request's
 head nor the time a client may take to send it, and keeps a connection whose client reads
 nothing for as long as the app writes to it. (h11 has `h11_max_incomplete_event_size`, but
-costs a third of the throughput; measured in the README.) `HttpProtocol` is uvicorn's
+is the slower parser and has no time limits either.) `HttpProtocol` is uvicorn's
 `HttpToolsProtocol` with these bounds added:
 
 - **Head size.** The request line and headers are fed to the parser only up to the URL limit
