@@ -82,6 +82,10 @@ def allowed_methods(app: ASGIApp, scope: Scope) -> list[str]:
     """Every method some route of this path answers (Starlette's 405 names only the first route's)."""
     methods: set[str] = set()
     for route in getattr(app, "routes", []):
+        included = getattr(route, "original_router", None)  # FastAPI's include_router() (no prefix here)
+        if included is not None:
+            methods |= set(allowed_methods(included, scope))
+            continue
         match, _ = route.matches(scope)  # PARTIAL: the path matches, the method does not
         if match == Match.NONE:
             continue
