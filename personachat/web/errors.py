@@ -64,7 +64,9 @@ def install_error_handlers(app: FastAPI) -> None:
             # parse. The same answer as any other body that is not JSON.
             return error_response(422, "invalid_request", "body: the request body is not valid JSON (UTF-8).")
         if status == 405:
-            headers["Allow"] = ", ".join(allowed_methods(request.app, request.scope))
+            # Matched from the top: a mounted app (the static files) raises with its own root_path.
+            scope = {**request.scope, "root_path": request.scope.get("app_root_path", request.scope["root_path"])}
+            headers["Allow"] = ", ".join(allowed_methods(request.app, scope))
         if status < 200 or status in (204, 304):
             return Response(status_code=status, headers=headers)
         phrase = http.HTTPStatus(status).phrase if status in http.HTTPStatus._value2member_map_ else "Error"
