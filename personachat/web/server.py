@@ -90,6 +90,7 @@ class HttpProtocol(HttpToolsProtocol):
         self._refusal: tuple[int, str, str] | None = None
         self._read_timer: TimerHandle | None = None
         self._send_timer: TimerHandle | None = None
+        self._upgraded = False
 
     # -- connection -------------------------------------------------------------------------
 
@@ -98,14 +99,11 @@ class HttpProtocol(HttpToolsProtocol):
         self._start_read_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self._read_timer, self._send_timer):
-            if timer is not None:
-                timer.cancel()
-        self._read_timer = self._send_timer = None
+        self._stop_timers()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        while data and self.parser is not None and not self.transport.is_closing():
+        while data and self.parser is not None and not self._upgraded and not self.transport.is_closing():
             if not self._in_head:
                 super().data_received(data)
                 return
@@ -163,6 +161,12 @@ class HttpProtocol(HttpToolsProtocol):
         self._in_head, self._head_bytes = True, 0
         super().on_message_complete()
 
+    def handle_websocket_upgrade(self) -> None:
+        # The connection becomes the WebSocket protocol's, with its own timeouts: stop ours.
+        self._stop_timers()
+        self._upgraded = True
+        super().handle_websocket_upgrade()
+
     def send_400_response(self, msg: str) -> None:
         self._write_error(400, "invalid_request", "The HTTP request could not be parsed.")
 
@@ -171,6 +175,12 @@ class HttpProtocol(HttpToolsProtocol):
     def _start_read_timer(self) -> None:
         self._stop_read_timer()
         self._read_timer = self.loop.call_later(self.limits.request_timeout, self._read_timed_out)
+
+    def _stop_timers(self) -> None:
+        for timer in (self._read_timer, self._send_timer):
+            if timer is not None:
+                timer.cancel()
+        self._read_timer = self._send_timer = None
 
     def _stop_read_timer(self) -> None:
         if self._read_timer is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -147,3 +148,46 @@ def test_an_answer_is_cut_at_max_answer_chars_with_finish_reason_length(make_ser
         stored = history(client, session_id)["messages"][1]["content"]
         assert len(streamed) == 100 and stored == streamed
         assert chat(client, session_id, "[[chunks=5]]")[-1].data["finish_reason"] == "stop"  # shorter: whole
+
+
+def test_clients_that_read_nothing_cost_the_server_little(
+    redis_server: RedisProcess, model: FakeModel, tmp_path: Path
+) -> None:
+    env = service_env(redis_server, model, tmp_path, SEND_TIMEOUT_SECONDS="2", MAX_CONCURRENT_TURNS_PER_USER="10")
+    process = ServiceProcess(env, Path(__file__).resolve().parents[2]).start()
+    try:
+        assert process.process is not None
+        with httpx.Client(base_url=process.base_url, timeout=30) as client:
+            sessions = [start_session(client) for _ in range(10)]
+            cookie = "; ".join(f"{name}={value}" for name, value in client.cookies.items())
+            chat(client, start_session(client), "warm up")
+            before = rss_mb(process.process.pid)
+            readers = []
+            for session_id in sessions:  # 10 long answers, to clients that never read
+                body = json.dumps({"session_id": session_id, "message": "[[chunks=300000]] [[delay_ms=0]]"}).encode()
+                sock = socket.socket()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4_096)
+                sock.connect(("127.0.0.1", process.port))
+                sock.sendall(
+                    b"POST /chat/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    + f"Cookie: {cookie}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+                readers.append(sock)
+            peak = before
+            for _ in range(100):  # until every answer is stored (each is cut at MAX_ANSWER_CHARS)
+                peak = max(peak, rss_mb(process.process.pid))
+                if all(history(client, session_id)["total"] == 2 for session_id in sessions):
+                    break
+                time.sleep(0.2)
+            time.sleep(3)  # past SEND_TIMEOUT_SECONDS: the readers are closed
+            after = rss_mb(process.process.pid)
+            for sock in readers:
+                sock.close()
+            peak_growth, growth = peak - before, after - before
+            print(f"10 clients reading nothing: RSS {before:.0f} MB, peak +{peak_growth:.1f}, after +{growth:.1f}")
+            totals = [history(client, session_id)["total"] for session_id in sessions]
+            assert totals == [2] * 10, (totals, process.log.read_text()[-3000:])
+            assert peak_growth < 100 and growth < 60
+    finally:
+        process.stop()
