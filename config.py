@@ -73,6 +73,14 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(30, ge=0)
     max_concurrent_turns_per_user: int = Field(4, ge=1)
     sse_ping_seconds: PositiveSeconds = 15.0
+    max_answer_chars: int = Field(200_000, ge=100, le=10_000_000)
+
+    # Bounds of a request and a connection (personachat.web.limits and .server).
+    max_body_bytes: int | None = Field(None, ge=1_024, le=100_000_000)  # unset: sized for MAX_MESSAGE_CHARS
+    max_header_bytes: int = Field(32_768, ge=1_024, le=1_048_576)
+    request_timeout_seconds: PositiveSeconds = 30.0
+    keep_alive_seconds: int = Field(5, ge=1, le=3_600)
+    send_timeout_seconds: PositiveSeconds = 30.0
 
     # Personas.
     roles_file: Path | None = None
@@ -147,6 +155,12 @@ class Settings(BaseSettings):
     def trusted_hosts(self) -> list[str]:
         """The Host names the service answers for: ALLOWED_HOSTS, else the loopback names and HOST."""
         return self.allowed_hosts or [*LOOPBACK_HOSTS, self.host]
+
+    @property
+    def resolved_max_body_bytes(self) -> int:
+        """MAX_BODY_BYTES, else room for the longest message with every character in its
+        longest JSON form (an escaped surrogate pair, 12 bytes) and 4 KiB for the other fields."""
+        return self.max_body_bytes if self.max_body_bytes is not None else self.max_message_chars * 12 + 4_096
 
     def resolved_secret_key(self) -> str:
         """SECRET_KEY, or one generated on first use and kept in DATA_DIR/secret_key.

@@ -39,6 +39,7 @@ from personachat.web.errors import install_error_handlers
 from personachat.web.middleware import ServiceMiddleware
 from personachat.web.routes import router
 from personachat.web.routes.ops import PAGE_CSP, STATIC_DIR
+from personachat.web.schemas import install_openapi
 
 logger = logging.getLogger("personachat")
 
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 max_message_chars=settings.max_message_chars,
                 turn_timeout=settings.turn_timeout_seconds,
                 max_turn_events=settings.max_turn_events,
+                max_answer_chars=settings.max_answer_chars,
             )
             api_keys = ApiKeyStore(redis, keys)
             identity = IdentityResolver(
@@ -151,8 +153,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allowed_hosts=settings.trusted_hosts,
         cors_origins=settings.cors_origins,
         html_csp=PAGE_CSP,
+        max_body_bytes=settings.resolved_max_body_bytes,
     )
     install_error_handlers(app)
+    install_openapi(app, personas.keys, settings.max_message_chars)
     return app
 
 

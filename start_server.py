@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from config import Settings, private_directory
 from personachat.embedded_redis import EmbeddedRedis
 from personachat.personas import PersonaFileError, load_catalog
+from personachat.web.server import server_options
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             log_config=log_config,  # each worker applies it: LOG_FORMAT=json holds for every line
             access_log=False,  # personachat.logs writes one line per request instead
             timeout_graceful_shutdown=15,
+            **server_options(settings),  # httptools with bounds on headers, URL, read and send times
         )
     finally:
         if embedded is not None:

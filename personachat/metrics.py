@@ -30,6 +30,7 @@ from prometheus_client import (
 )
 
 from personachat.errors import ChatError, NotAuthenticated
+from personachat.web.schemas import ErrorResponse
 
 # Seconds; from a fast local model's first token to a long answer.
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60)
@@ -119,7 +120,15 @@ class MetricsDisabled(ChatError):
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {}}},
+        401: {"model": ErrorResponse, "description": "METRICS_TOKEN is set and was not sent."},
+        404: {"model": ErrorResponse, "description": "METRICS_ENABLED=false."},
+    },
+)
 async def metrics(request: Request) -> Response:
     """Prometheus metrics: requests, turns, streams, latencies, errors.
 

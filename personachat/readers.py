@@ -32,7 +32,8 @@ def sse_frame(event_id: bytes, payload: bytes) -> bytes:
 
 def parse_event_id(value: str) -> tuple[str, int]:
     turn_id, _, seq = value.strip().partition(":")
-    if not is_turn_id(turn_id) or not seq.isdigit():
+    # ASCII digits only: str.isdigit() also takes "²" or "٣", which int() then refuses (a 500).
+    if not is_turn_id(turn_id) or not (seq.isascii() and seq.isdigit()) or len(seq) > 18:
         raise InvalidRequest("Last-Event-ID must be an event id this service sent, like '<turn>:<n>'.")
     return turn_id, int(seq)
 

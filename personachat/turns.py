@@ -110,6 +110,7 @@ class TurnService:
         max_message_chars: int,
         turn_timeout: float,
         max_turn_events: int,
+        max_answer_chars: int = 200_000,
     ) -> None:
         self._redis = redis
         self._store = store
@@ -119,6 +120,7 @@ class TurnService:
         self._max_message_chars = max_message_chars
         self._deadline = max(turn_timeout * 0.9, turn_timeout - 5)
         self._max_events = max_turn_events
+        self._max_answer_chars = max_answer_chars
         self._runs: dict[str, TurnRun] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._poller: asyncio.Task[None] | None = None
@@ -227,15 +229,19 @@ class TurnService:
         persona = run.persona
         flusher: asyncio.Task[None] | None = None
         started = time.monotonic()
+        room = self._max_answer_chars  # what is left of MAX_ANSWER_CHARS
         try:
             async for text in self._model.stream(
                 prompt, completion, model=persona.model, temperature=persona.temperature
             ):
+                text = text[:room]
+                room -= len(text)
                 answer.append(text)
                 if flusher is None:  # the first chunk
                     metrics.first_chunk(time.monotonic() - started)
                 run.append({"type": "chunk", "content": text})
-                if len(run.payloads) >= self._max_events - 1:  # keep room for the final event
+                # Keep room for the final event; an answer cut at MAX_ANSWER_CHARS ends here too.
+                if len(run.payloads) >= self._max_events - 1 or room == 0:
                     completion.finish_reason = "length"
                     return
                 if flusher is None or flusher.done():

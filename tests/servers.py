@@ -18,6 +18,7 @@ import redis
 import uvicorn
 
 from personachat.embedded_redis import redis_server_binary
+from personachat.web.server import server_options
 
 
 def free_port() -> int:
@@ -73,12 +74,22 @@ class RedisProcess:
 
 
 class ThreadedServer:
-    """An ASGI app served by uvicorn in a thread, on a free port."""
+    """An ASGI app served by uvicorn in a thread, on a free port; the service's app (one with
+    settings) with the same server options as start_server.py."""
 
     def __init__(self, app: Any, **config: Any) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        options = {"host": "127.0.0.1", "port": self.port, "log_level": "warning", "access_log": False, **config}
+        settings = getattr(getattr(app, "state", None), "settings", None)
+        served = server_options(settings) if settings is not None else {}
+        options = {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "log_level": "warning",
+            "access_log": False,
+            **served,
+            **config,
+        }
         self._server = uvicorn.Server(uvicorn.Config(app, **options))
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 

@@ -38,6 +38,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from personachat import metrics
 from personachat.identity import NEW_COOKIE
 from personachat.logs import request_id
+from personachat.web.errors import unhandled
+from personachat.web.limits import BodyLimit
 
 logger = logging.getLogger("personachat.access")
 
@@ -129,8 +131,12 @@ class ServiceMiddleware:
         allowed_hosts: Iterable[str] = ("*",),
         cors_origins: Iterable[str] = (),
         html_csp: str | None = None,
+        max_body_bytes: int,
     ) -> None:
         self.app = app
+        # Hook (personachat.web.limits, .errors): the body limit in front of the app, and the
+        # one place an unhandled error is logged and answered.
+        self._limited = BodyLimit(app, max_body_bytes)
         self.cookie_name = cookie_name
         self.cookie_max_age = cookie_max_age
         self.hosts = HostPolicy(allowed_hosts)
@@ -176,7 +182,7 @@ class ServiceMiddleware:
 
         try:
             if refusal is None:
-                await self.app(scope, receive, send_wrapped)
+                await unhandled(self._limited, scope, receive, send_wrapped)
             else:
                 await _json_error(send_wrapped, *refusal)
         finally:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
+from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
+
+# What a sendable message looks like: at least one character that is not whitespace.
+MESSAGE_PATTERN = r"\S"
 
 
 class StartRequest(BaseModel):
@@ -21,11 +26,23 @@ class StartResponse(BaseModel):
     created_at: str
 
 
+def _message_required(schema: dict[str, Any]) -> None:
+    # The schema describes a send, where `message` is required and a string; only a resume
+    # (a request with Last-Event-ID, which sends nothing) may leave it out. JSON Schema cannot
+    # make a body field depend on a header, so the exception is in the description.
+    schema["required"] = [*schema.get("required", []), "message"]
+    schema["properties"]["message"] = {
+        "type": "string",
+        "pattern": MESSAGE_PATTERN,
+        "description": "The user's message (not only whitespace). May be left out when resuming with Last-Event-ID.",
+    }
+
+
 class StreamRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_message_required)
 
     session_id: str
-    message: str | None = Field(None, description="Required, unless the request resumes a turn (Last-Event-ID).")
+    message: str | None = None  # see _message_required: None only when resuming
     role: str | None = Field(None, description="Persona for this message (and the session from now on).")
 
 
@@ -105,3 +122,54 @@ class RolesResponse(BaseModel):
 class ErrorResponse(BaseModel):
     code: str = Field(description="Stable machine-readable code, e.g. session_not_found.")
     detail: str = Field(description="Human-readable message.")
+
+
+def install_openapi(app: FastAPI, role_keys: list[str], max_message_chars: int) -> None:
+    """Make /openapi.json say what this app accepts: the persona keys of its catalog as the
+    choices of every `role`, and MAX_MESSAGE_CHARS as the longest `message`."""
+    build: Callable[[], dict[str, Any]] = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            for name in ("StartRequest", "StreamRequest"):
+                properties = schema["components"]["schemas"][name]["properties"]
+                properties["role"] = _nullable_choice(properties["role"], role_keys)
+                if "message" in properties:
+                    properties["message"]["maxLength"] = max_message_chars
+            for path in schema["paths"].values():
+                for operation in path.values():
+                    for parameter in operation.get("parameters", []):
+                        parameter["schema"] = _not_null(parameter["schema"])
+            for operation in schema["paths"]["/chat/stream"].values():
+                for parameter in operation.get("parameters", []):
+                    if parameter["name"] == "role":
+                        parameter["schema"] = {**parameter["schema"], "enum": role_keys}
+                    elif parameter["name"] == "message":
+                        # Required for a send, like the body's (see _message_required).
+                        parameter["required"] = True
+                        parameter["schema"] = {
+                            "type": "string",
+                            "pattern": MESSAGE_PATTERN,
+                            "maxLength": max_message_chars,
+                            "description": parameter["schema"].get("description", ""),
+                        }
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _nullable_choice(schema: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    described: dict[str, Any] = {key: schema[key] for key in ("title", "description") if key in schema}
+    return {"anyOf": [{"type": "string", "enum": keys}, {"type": "null"}], **described}
+
+
+def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
+    # A query or header parameter is absent or a string, never null: `str | None` in the
+    # signature means "optional", which `required: false` already says.
+    choices = schema.get("anyOf", [])
+    others = [choice for choice in choices if choice.get("type") != "null"]
+    if len(choices) != 2 or len(others) != 1:
+        return schema
+    return {**others[0], **{key: value for key, value in schema.items() if key != "anyOf"}}

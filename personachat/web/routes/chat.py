@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query, Response
 
@@ -15,6 +15,7 @@ from personachat.web.deps import IdentityDep, PersonasDep, ReadersDep, SettingsD
 from personachat.web.params import ERRORS, LastEventIdHeader, LastEventIdQuery, SessionIdQuery
 from personachat.web.schemas import (
     ClearResponse,
+    ErrorResponse,
     HistoryResponse,
     StartRequest,
     StartResponse,
@@ -41,14 +42,24 @@ async def start_chat(
     )
 
 
-@router.get("/chat/stream", response_class=EventSourceResponse)
+STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": "The turn's events."},
+    204: {"description": "Resumed after the turn's last event: nothing more will come (EventSource stops)."},
+}
+
+
+@router.get(
+    "/chat/stream",
+    response_class=EventSourceResponse,
+    responses={**STREAM_RESPONSES, 414: {"model": ErrorResponse, "description": "URL too long: use POST."}},
+)
 async def stream_get(
     identity: IdentityDep,
     turns: TurnsDep,
     readers: ReadersDep,
     settings: SettingsDep,
     session_id: SessionIdQuery,
-    message: Annotated[str | None, Query(description="The user's message.")] = None,
+    message: Annotated[str | None, Query(description="The user's message; left out when resuming.")] = None,
     role: Annotated[str | None, Query(description="Persona for this message.")] = None,
     last_event_id: LastEventIdQuery = None,
     last_event_id_header: LastEventIdHeader = None,
@@ -56,15 +67,19 @@ async def stream_get(
     """Send one message and stream the answer as Server-Sent Events (for EventSource).
 
     Events are JSON objects with a `type`: `start`, `chunk` (`content`), then `end` or `error`.
-    With `Last-Event-ID`, the request resumes that turn instead of sending a message:
-    the events after that id are replayed and the live ones follow.
+    With `Last-Event-ID`, the request resumes that turn instead of sending a message (which
+    may then be left out): the events after that id are replayed and the live ones follow.
+
+    The URL may be at most 65,535 bytes once percent-encoded (about 7,000 CJK characters, or
+    21,000 ASCII ones at worst): a longer one is refused with 414 `url_too_long`. Send long
+    messages with POST /chat/stream.
     """
     resume = last_event_id_header or last_event_id
     request = TurnRequest(identity.user_id, session_id, message or "", role)
     return await _stream(turns, readers, settings.sse_ping_seconds, request, resume, message is None)
 
 
-@router.post("/chat/stream", response_class=EventSourceResponse)
+@router.post("/chat/stream", response_class=EventSourceResponse, responses=STREAM_RESPONSES)
 async def stream_post(
     identity: IdentityDep,
     turns: TurnsDep,
@@ -73,7 +88,10 @@ async def stream_post(
     body: StreamRequest,
     last_event_id_header: LastEventIdHeader = None,
 ) -> Response:
-    """The same as GET /chat/stream with a JSON body, for long messages and fetch() clients."""
+    """The same as GET /chat/stream with a JSON body, for long messages and fetch() clients.
+
+    `message` is required, unless the request resumes a turn with `Last-Event-ID`.
+    """
     request = TurnRequest(identity.user_id, body.session_id, body.message or "", body.role)
     return await _stream(turns, readers, settings.sse_ping_seconds, request, last_event_id_header, body.message is None)
 

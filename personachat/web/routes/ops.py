@@ -17,6 +17,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 from personachat.errors import StoreUnavailable
 from personachat.store.client import UNREACHABLE
 from personachat.web.deps import ServicesDep
+from personachat.web.schemas import ErrorResponse
 
 STATIC_DIR = Path(__file__).resolve().parents[3] / "static"
 PAGE_CSP = (
@@ -52,7 +53,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"model": ErrorResponse}})
 async def readyz(services: ServicesDep) -> dict[str, str]:
     """Redis is reachable (503 otherwise)."""
     try:

@@ -1,0 +1,28 @@
+"""/openapi.json tells the truth: schemathesis sends what it describes (and what it does not)
+to a real uvicorn server, and every answer must match the schema: valid input accepted,
+invalid input refused with a documented status, every error `{"code", "detail"}`, `Allow`
+listing every method of a path.
+
+Bounded: a few dozen examples per operation, a fixed seed, a timeout per request. Sessions
+made up by the generator do not exist, so no stream is opened (404 first).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+
+from tests.conftest import ROOT, Service
+
+SEED = "246767521268177408395400424585917470224"
+
+
+def test_every_operation_answers_as_its_schema_says(make_service: Callable[..., Service]) -> None:
+    service = make_service(rate_limit_per_minute=0)
+    command = [sys.executable, "-m", "schemathesis.cli", "run", service.base_url + "/openapi.json"]
+    command += ["--max-examples", "30", "--seed", SEED, "--request-timeout", "10", "--no-color"]
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.web.schemathesis_hooks", "PYTHONPATH": str(ROOT)}
+    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
