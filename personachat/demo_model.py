@@ -14,6 +14,7 @@ directive is a fault injector (`[[hang]]` holds a turn slot for an hour, a huge
 visitor. Even when on, numbers are capped (MAX_CHUNKS, MAX_DELAY_MS).
 
     [[chunks=N]]        answer with N chunks of filler text
+    [[chunk_chars=C]]   with [[chunks=N]]: each chunk C characters long (a large answer)
     [[delay_ms=D]]      wait D ms before each chunk (default: the server's setting)
     [[first_delay_ms=D]] send the headers, then wait D ms before the first chunk (a slow first token)
     [[status=CODE]]     answer the request with HTTP CODE and an OpenAI-style error body
@@ -47,6 +48,7 @@ from starlette.routing import Route
 DIRECTIVE = re.compile(r"\[\[(\w+)(?:=(\d{1,9}))?\]\]")
 MAX_CHUNKS = 10_000  # the benchmark's largest answer is 200 chunks, the tests' 1,500
 MAX_DELAY_MS = 60_000
+MAX_CHUNK_CHARS = 4_096  # with MAX_CHUNKS: answers up to 40 MB, for the tests of slow readers
 
 
 class DemoModel:
@@ -120,8 +122,9 @@ class DemoModel:
 
 def _answer_pieces(messages: list[dict[str, Any]], last_user: str, directives: dict[str, int]) -> Iterator[str]:
     if "chunks" in directives:
+        width = directives.get("chunk_chars", 0)
         for index in range(directives["chunks"]):
-            yield f"w{index} "
+            yield f"w{index} ".ljust(width, "x")
         return
     system = next((str(m["content"]) for m in messages if m.get("role") == "system"), "")
     persona = system.split(". ")[0].strip().rstrip(".") + "." if system else "(no system prompt)"
@@ -145,6 +148,8 @@ def _directives(text: str) -> dict[str, int]:
     found = {name: int(value) if value else 0 for name, value in DIRECTIVE.findall(text)}
     if "chunks" in found:
         found["chunks"] = min(found["chunks"], MAX_CHUNKS)
+    if "chunk_chars" in found:
+        found["chunk_chars"] = min(found["chunk_chars"], MAX_CHUNK_CHARS)
     for name in ("delay_ms", "first_delay_ms"):
         if name in found:
             found[name] = min(found[name], MAX_DELAY_MS)

@@ -32,7 +32,7 @@ def send_body(port: int, path: str, size: int, *, chunked: bool, cookie: str = "
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
     framing = b"Transfer-Encoding: chunked\r\n" if chunked else f"Content-Length: {size}\r\n".encode()
     sock.sendall(
-        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nCookie: {cookie}\r\n".encode()
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nCookie: {cookie}\r\n".encode()
         + framing
         + b"\r\n"
     )
@@ -169,7 +169,7 @@ def test_clients_that_read_nothing_cost_the_server_little(
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4_096)
                 sock.connect(("127.0.0.1", process.port))
                 sock.sendall(
-                    b"POST /chat/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"POST /chat/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                     + f"Cookie: {cookie}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
                     + body
                 )

@@ -68,7 +68,7 @@ def is_closed(sock: socket.socket) -> bool:
 @pytest.mark.parametrize("size", [1_000_000, 100_000_000])
 def test_a_huge_header_is_431_at_once_and_other_requests_go_on(service: Service, size: int) -> None:
     sock = connect(service)
-    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ")
     started = time.monotonic()
 
     def send_header() -> None:
@@ -111,7 +111,7 @@ def test_a_message_too_long_for_a_get_url_is_414_json_with_a_hint_to_post(
     message = "你" * 8_000  # within MAX_MESSAGE_CHARS, but 72 KB once percent-encoded
     query = httpx.QueryParams({"session_id": session_id, "message": message})
     sock = connect(service)  # by hand: httpx itself refuses such a URL
-    sock.sendall(f"GET /chat/stream?{query} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    sock.sendall(f"GET /chat/stream?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
     status, body = read_response(sock)
     assert status == 414, body
     assert body["code"] == "url_too_long" and "POST /chat/stream" in body["detail"]
@@ -122,7 +122,7 @@ def test_a_message_too_long_for_a_get_url_is_414_json_with_a_hint_to_post(
 
 def test_a_request_the_parser_cannot_read_is_400_json(service: Service) -> None:
     sock = connect(service)
-    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header\r\n\r\n")
     status, body = read_response(sock)
     assert status == 400 and body["code"] == "invalid_request"
 
@@ -132,10 +132,10 @@ def test_idle_half_sent_and_kept_alive_connections_are_closed(make_service: Call
     idle = [connect(service) for _ in range(20)]
     half_sent = [connect(service) for _ in range(20)]
     for sock in half_sent:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
     kept_alive = [connect(service) for _ in range(20)]
     for sock in kept_alive:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     slow = connect(service)  # a slow-loris: a byte of header every 0.2 s, never the end
     deadline = time.monotonic() + 2.5
     while time.monotonic() < deadline:
@@ -153,11 +153,13 @@ def test_idle_half_sent_and_kept_alive_connections_are_closed(make_service: Call
 def test_a_slow_header_or_body_is_408_json(make_service: Callable[..., Service]) -> None:
     service = make_service(request_timeout_seconds=1)
     sock = connect(service)
-    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
     status, body = read_response(sock)
     assert status == 408 and body["code"] == "request_timeout"
     sock = connect(service)
-    head = b"POST /chat/start HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    head = (
+        b"POST /chat/start HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    )
     sock.sendall(head + b'{"role":')
     started = time.monotonic()
     status, body = read_response(sock)
@@ -173,10 +175,12 @@ def test_a_client_that_reads_nothing_is_disconnected_and_its_turn_is_stored(
     with service.client() as client:
         session_id = start_session(client)
         cookie = "; ".join(f"{name}={value}" for name, value in client.cookies.items())
-        body = json.dumps({"session_id": session_id, "message": "[[chunks=1000000]] [[delay_ms=0]]"}).encode()
+        body = json.dumps(
+            {"session_id": session_id, "message": "[[chunks=10000]] [[chunk_chars=1000]] [[delay_ms=0]]"}
+        ).encode()
         sock = connect(service, rcvbuf=4_096)
         sock.sendall(
-            b"POST /chat/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"POST /chat/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             + f"Cookie: {cookie}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
@@ -200,4 +204,4 @@ def test_a_client_that_reads_nothing_is_disconnected_and_its_turn_is_stored(
                 break
             time.sleep(0.1)
         messages = history(client, session_id)["messages"]
-        assert len(messages) == 2 and messages[1]["content"].startswith("w0 w1 ")
+        assert len(messages) == 2 and messages[1]["content"].startswith("w0 x")
