@@ -8,7 +8,9 @@ from collections.abc import Callable
 
 import httpx
 
+from personachat.store.turnlog import _APPEND
 from tests.conftest import FakeModel, Service, chat, history, start_session
+from tests.faults import FaultProxy, script_sha
 from tests.servers import RedisProcess
 from tests.sse import Event, answer_text, collect, iter_events
 
@@ -218,3 +220,57 @@ def test_a_turn_is_capped_in_events_and_leaves_no_task_behind(
     assert turns.active_turns == 0
     stream_keys = list(redis_server.client().scan_iter(f"{service.settings.redis_prefix}:*:t:*"))
     assert stream_keys and all(0 < redis_server.client().ttl(key) <= 3600 for key in stream_keys)
+
+
+def test_a_flush_applied_but_reported_failed_never_repeats_events_to_any_reader(
+    make_service: Callable[..., Service], redis_server: RedisProcess
+) -> None:
+    proxy = FaultProxy(redis_server.port).start()
+    try:
+        owner, other = make_service(redis_url=proxy.url), make_service()  # the reader's instance: no proxy
+        with owner.client() as client:
+            session_id = start_session(client)
+            chat(client, session_id, "warm up")  # the scripts are loaded, so the next EVALSHA runs
+            # Every attempt of the first flush runs in Redis and loses its reply: the turn
+            # believes it failed, and writes those events again with the next ones.
+            proxy.drop_reply(script_sha(_APPEND), times=3)
+            head = read_some(client, session_id, SLOW, 1)
+            turn_id = head[0].data["turn_id"]
+            with other.client(cookies=client.cookies) as remote:
+                replay = resume(remote, session_id, f"{turn_id}:0")
+            stored = wait_until_idle(client, session_id)
+        assert proxy.dropped == 3
+        assert [e.id for e in replay] == [f"{turn_id}:{n}" for n in range(1, len(replay) + 1)]  # each id once, in order
+        assert replay[-1].type == "end" and answer_text(replay) == SLOW_TEXT
+        assert stored["total"] == 4
+    finally:
+        proxy.stop()
+
+
+def test_a_stop_through_another_instance_lands_at_once(make_service: Callable[..., Service]) -> None:
+    owner, other = make_service(), make_service()
+    assert owner.app.state.services.turns.listening.is_set()  # subscribed when the app started
+    latencies = []
+    with owner.client() as client, other.client() as remote:
+        session_id = start_session(client)
+        remote.cookies = client.cookies
+        for _ in range(5):
+            body = {"session_id": session_id, "message": "[[chunks=400]] [[delay_ms=20]]"}
+            with client.stream("POST", "/chat/stream", json=body) as response:
+                events = iter_events(response)
+                for _ in range(3):
+                    next(events)
+                asked = time.monotonic()
+                stopper = threading.Thread(
+                    target=remote.post, args=("/chat/stop",), kwargs={"params": {"session_id": session_id}}
+                )
+                stopper.start()
+                final = [event for event in events if event.type != "chunk"][-1]
+                latencies.append(time.monotonic() - asked)
+                stopper.join(timeout=10)
+            assert final.type == "end" and final.data["finish_reason"] == "stopped"
+            wait_until_idle(client, session_id)
+    latencies.sort()
+    median, worst = latencies[2] * 1000, latencies[-1] * 1000
+    print(f"stop latency through another instance: median {median:.0f} ms, max {worst:.0f} ms")
+    assert latencies[2] < 0.1  # pushed, not found by the 2 s fallback poll
