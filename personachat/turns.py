@@ -196,8 +196,17 @@ class TurnService:
 
     def _release_later(self, user: str, session_id: str, turn_id: str) -> None:
         async def release() -> None:
-            with contextlib.suppress(StoreUnavailable):  # else the lease runs out by itself
-                await self._store.release_turn(user, session_id, turn_id)
+            # Redis may be away (that is often why the turn failed): try until it is back, or
+            # until the lease has run out by itself anyway.
+            deadline = time.monotonic() + self._lease_ms / 1000
+            while True:
+                try:
+                    await self._store.release_turn(user, session_id, turn_id)
+                    return
+                except StoreUnavailable:
+                    if time.monotonic() > deadline:
+                        return
+                    await asyncio.sleep(0.5)
 
         chore = asyncio.create_task(release(), name=f"release-{turn_id}")
         self._chores.add(chore)
@@ -462,6 +471,8 @@ class TurnService:
             await asyncio.wait(tasks, timeout=10)
         if self._chores:
             await asyncio.wait(list(self._chores), timeout=5)
+            for chore in list(self._chores):  # Redis still away: those leases run out by themselves
+                await _cancel(chore)
 
 
 class ServerShutdown(ChatError):

@@ -249,7 +249,10 @@ def test_a_flush_applied_but_reported_failed_never_repeats_events_to_any_reader(
 
 def test_a_stop_through_another_instance_lands_at_once(make_service: Callable[..., Service]) -> None:
     owner, other = make_service(), make_service()
-    assert owner.app.state.services.turns.listening.is_set()  # subscribed when the app started
+    deadline = time.monotonic() + 5
+    while not owner.app.state.services.turns.listening.is_set():  # it subscribes as the app starts
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     latencies = []
     with owner.client() as client, other.client() as remote:
         session_id = start_session(client)

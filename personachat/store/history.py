@@ -89,7 +89,8 @@ return {'ok', role, window()}
 # Safe to run twice: a stream already ending with this turn's final entry means done. Events
 # a flush already stored (its reply lost) are skipped, so no seq is written twice. Without the
 # lease (it ran out, or a stop ended the turn) or without its session (deleted), nothing is
-# added to history: the stream gets the `lost` payload as its final event, unless it has one.
+# added to history: the stream gets the `lost` payload as its final event (numbered LOST_SEQ,
+# see turnlog.py), unless it has one.
 _COMMIT_TURN = (
     TAIL_LUA
     + """
@@ -101,7 +102,7 @@ if final then
 end
 local ours = redis.call('GET', KEYS[4]) == ARGV[1]
 if not ours or redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('XADD', KEYS[6], '0-' .. (stored + 1), 's', stored + 1, 'd', ARGV[13], 'f', 'lost')
+  redis.call('XADD', KEYS[6], '0-' .. LOST_SEQ, 's', LOST_SEQ, 'd', ARGV[13], 'f', 'lost')
   redis.call('EXPIRE', KEYS[6], ARGV[10])
   if ours then redis.call('DEL', KEYS[4]) end
   redis.call('ZREM', KEYS[5], ARGV[1])
@@ -161,7 +162,7 @@ if holder == ARGV[1] then redis.call('DEL', KEYS[1]) end
 redis.call('ZREM', KEYS[2], ARGV[1])
 if final then return {'ended'} end
 if stored == 0 then return {'gone'} end
-redis.call('XADD', KEYS[3], '0-' .. (stored + 1), 's', stored + 1, 'd', ARGV[3], 'f', 'lost')
+redis.call('XADD', KEYS[3], '0-' .. LOST_SEQ, 's', LOST_SEQ, 'd', ARGV[3], 'f', 'lost')
 redis.call('EXPIRE', KEYS[3], ARGV[4])
 return {'lost'}
 """

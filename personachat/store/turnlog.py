@@ -25,10 +25,16 @@ TERMINAL_TYPES = (b'"type":"end"', b'"type":"error"')
 STOP_TTL_MS = 60_000
 STOP_TOKEN_TTL_MS = 86_400_000
 
+# The seq of the final event of a turn ended without its owner. Its dead process may have sent
+# its readers events that never reached the stream, so the final event is numbered after any
+# event a turn can have: every reader, whatever it saw, gets it once, after what it saw.
+LOST_SEQ = 1_000_000_000
+
 # Lua shared by the scripts that write a turn's stream: the seq of its last stored event (0
 # for none) and the `f` field of its last entry, which only a final entry has: "end" when the
 # turn's owner ended it (history.py's commit), "lost" when it was ended for a dead owner.
-TAIL_LUA = """
+TAIL_LUA = f"""
+local LOST_SEQ = {LOST_SEQ}
 local function stream_tail(key)
   local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1]
   if not last then return 0, nil end

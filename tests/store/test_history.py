@@ -18,6 +18,7 @@ from personachat.errors import RateLimited, SessionNotFound, TurnInProgress
 from personachat.store.client import Redis, create_redis
 from personachat.store.history import _ADMIT_TURN, _COMMIT_TURN, HistoryStore, Limits
 from personachat.store.keys import KeySpace
+from personachat.store.turnlog import LOST_SEQ
 from tests.conftest import Service, chat, history, start_session
 from tests.faults import FaultProxy, script_sha
 from tests.servers import RedisProcess
@@ -166,7 +167,8 @@ async def test_a_lease_is_renewed_only_by_its_turn_and_a_turn_without_it_stores_
     assert await commit(store, session_id, turn, "late") == "lost"
     assert (await store.messages(USER, session_id))[1] == []
     last = (await redis.xrevrange(keys.turn(USER, session_id, turn), count=1))[0]
-    assert last == (b"0-2", {b"s": b"2", b"d": LOST, b"f": b"lost"})
+    lost_id = f"0-{LOST_SEQ}".encode()  # after any event its owner may have sent
+    assert last == (lost_id, {b"s": str(LOST_SEQ).encode(), b"d": LOST, b"f": b"lost"})
     assert await redis.zcard(keys.running(USER)) == 0
 
 
@@ -190,7 +192,8 @@ async def test_ending_a_lost_turn_writes_its_final_event_once_and_frees_the_sess
     assert await store.end_lost_turn(USER, session_id, turn, LOST, force=True) == "lost"
     assert await store.end_lost_turn(USER, session_id, turn, LOST, force=True) == "ended"
     assert (await store.get_session(USER, session_id)).running_turn_id is None
-    assert [entry_id for entry_id, _ in await redis.xrange(keys.turn(USER, session_id, turn))] == [b"0-1", b"0-2"]
+    entries = await redis.xrange(keys.turn(USER, session_id, turn))
+    assert [entry_id for entry_id, _ in entries] == [b"0-1", f"0-{LOST_SEQ}".encode()]
     assert await commit(store, session_id, turn, "too late") == "lost"  # the owner, if alive, stores nothing
     assert (await store.messages(USER, session_id))[1] == []
     await admit(store, session_id, new_turn())
