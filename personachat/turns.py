@@ -211,6 +211,7 @@ class TurnService:
         chore = asyncio.create_task(release(), name=f"release-{turn_id}")
         self._chores.add(chore)
         chore.add_done_callback(self._chores.discard)
+        chore.add_done_callback(_log_failure)
 
     async def stop(self, user: str, session_id: str) -> tuple[str | None, bool]:
         """Stop the session's running turn, wherever it runs: (its id, whether it is now ended).
@@ -499,6 +500,12 @@ def _as_chat_error(exc: BaseException | None) -> ChatError:
 
 def error_payload(error: ChatError) -> dict[str, Any]:
     return {"type": "error", "code": error.code, "content": error.message}
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """Done callback of a background task nobody awaits: its failure is logged, not lost."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        logger.error("%s failed", task.get_name(), exc_info=exc)
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:

@@ -8,9 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
-from personachat.turns import _cancel
+from config import Settings
+from main import create_app
+from personachat.turns import TurnRequest, _cancel
 from tests.conftest import FakeModel, Service, chat, history, start_session
 from tests.servers import RedisProcess
 from tests.sse import iter_events
@@ -180,3 +183,21 @@ def test_a_turn_longer_than_its_lease_keeps_the_session_by_renewing_it(
         assert rest[-1].type == "end"
         stored = history(client, session_id)
         assert stored["total"] == 2 and stored["messages"][1]["content"] == "w0 w1 w2 "
+
+
+async def test_a_turn_cancelled_before_it_began_ends_its_readers_and_frees_its_session(
+    make_settings: Callable[..., Settings],
+) -> None:
+    app = create_app(make_settings())
+    async with app.router.lifespan_context(app):  # the app's own wiring, on this event loop
+        services = app.state.services
+        session = await services.store.create_session("carol", "assistant", None)
+        run = await services.turns.start(TurnRequest("carol", session.session_id, "hello"))
+        (task,) = [task for task in asyncio.all_tasks() if task.get_name() == f"turn-{run.turn_id}"]
+        task.cancel()  # before its first step: none of its own clean-up can run
+        deadline = time.monotonic() + 5
+        while (await services.store.get_session("carol", session.session_id)).running_turn_id is not None:
+            assert time.monotonic() < deadline, "the session stayed taken"
+            await asyncio.sleep(0.02)
+        assert run.finished and orjson.loads(run.payloads[-1])["code"] == "server_shutdown"
+        assert services.turns.active_turns == 0
