@@ -57,8 +57,10 @@ logger = logging.getLogger(__name__)
 FLUSH_INTERVAL = 0.25
 # Stop requests are pushed (pub/sub); this slow poll of the durable flags only catches those
 # published while this process was not subscribed.
-STOP_POLL_INTERVAL = 2.0
-STOP_WAIT = 2.0  # how long a stop waits for the turn's instance before ending the turn itself
+STOP_POLL_INTERVAL = 1.0
+# How long a stop waits for the turn's instance before ending the turn itself: well over the
+# fallback poll, so a live owner that missed the push still ends (and stores) its own turn.
+STOP_WAIT = 3.0
 
 
 @dataclass
@@ -186,6 +188,7 @@ class TurnService:
 
     def _task_done(self, run: TurnRun, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        _log_failure(task)  # a bug in the turn's own clean-up; its readers got internal_error
         if not run.finished:
             # Cancelled before it began (a shutdown right after admission): nothing ran its
             # clean-up, so end its readers and give its lease back here.
