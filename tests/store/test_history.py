@@ -11,6 +11,7 @@ import asyncio
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
 
+import httpx
 import orjson
 import pytest
 
@@ -22,6 +23,7 @@ from personachat.store.turnlog import LOST_SEQ
 from tests.conftest import Service, chat, history, start_session
 from tests.faults import FaultProxy, script_sha
 from tests.servers import RedisProcess
+from tests.sse import iter_events
 
 USER = "alice"
 HEAD = b'{"type":"start","role":"'
@@ -272,3 +274,18 @@ def test_a_lost_admission_reply_neither_refuses_the_turn_nor_leaves_a_lock(
     raw = redis_server.client()
     assert not list(raw.scan_iter(f"{service.settings.redis_prefix}:*:lock:*"))
     assert raw.zcard(next(raw.scan_iter(f"{service.settings.redis_prefix}:*:running"), b"none")) == 0
+
+
+def test_the_routes_refuse_to_delete_or_clear_a_session_while_its_turn_runs(client: httpx.Client) -> None:
+    session_id = start_session(client)
+    body = {"session_id": session_id, "message": "[[chunks=40]] [[delay_ms=25]]"}
+    with client.stream("POST", "/chat/stream", json=body) as response:
+        events = iter_events(response)
+        next(events)
+        for url in (f"/chat/sessions/{session_id}", f"/chat/history/{session_id}"):
+            refused = client.delete(url)
+            assert refused.status_code == 409 and refused.json()["code"] == "turn_in_progress"
+        assert [event for event in events][-1].type == "end"
+    assert history(client, session_id)["total"] == 2  # the turn was stored whole
+    assert client.delete(f"/chat/sessions/{session_id}").status_code == 200
+    assert client.get("/chat/history", params={"session_id": session_id}).status_code == 404
