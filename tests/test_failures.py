@@ -224,6 +224,12 @@ def test_after_a_sigkill_and_a_restart_the_session_and_slot_are_free_within_the_
             )
             lost_after = time.monotonic() - killed_at
             assert rest[-1].type == "error" and rest[-1].data["code"] == "turn_lost"  # not a hang
+            asked = time.monotonic()  # the reader wrote it as the turn's final event: the next gets it at once
+            again = read_events(
+                client, "GET", "/chat/stream", params={"session_id": session_id}, headers={"Last-Event-ID": last_id}
+            )
+            assert [e.data for e in again] == [rest[-1].data] and again[0].id == rest[-1].id
+            assert time.monotonic() - asked < 1
             blocked = client.post("/chat/stream", json={"session_id": other_session, "message": "x"})
             accepted, statuses = first_accepted(client, session_id, killed_at + 40)
             usable_after = accepted - killed_at

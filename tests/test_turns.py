@@ -201,3 +201,22 @@ async def test_a_turn_cancelled_before_it_began_ends_its_readers_and_frees_its_s
             await asyncio.sleep(0.02)
         assert run.finished and orjson.loads(run.payloads[-1])["code"] == "server_shutdown"
         assert services.turns.active_turns == 0
+
+
+def test_a_turn_that_loses_its_lease_stores_nothing_and_says_so(
+    client: httpx.Client, service: Service, redis_server: RedisProcess
+) -> None:
+    session_id = start_session(client)
+    body = {"session_id": session_id, "message": "[[chunks=80]] [[delay_ms=25]]"}
+    with client.stream("POST", "/chat/stream", json=body) as response:
+        events = iter_events(response)
+        next(events)
+        # Its lease is gone (it ran out while the process stalled, and another turn may take
+        # the session): the turn must notice at its next write and end without storing.
+        (lock,) = redis_server.client().scan_iter(f"{service.settings.redis_prefix}:*:lock:{session_id}")
+        redis_server.client().delete(lock)
+        final = [event for event in events if event.type != "chunk"][-1]
+    assert final.type == "error" and final.data["code"] == "turn_lost"
+    stored = history(client, session_id)
+    assert stored["total"] == 0 and stored["running_turn_id"] is None
+    chat(client, session_id, "the session goes on")
