@@ -47,7 +47,8 @@ COMMIT_ATTEMPTS = 4  # a turn's final commit rides over a short Redis outage (th
 #       stream ttl s, first event head, chosen role ('' for the session's), default role,
 #       then the known roles.
 # The turn id is chosen by the caller, so a re-sent admission (a reply lost, the client
-# retrying) finds its own lease and answers ok again instead of "busy". The first event
+# retrying) finds its own lease and answers ok again instead of "busy" (and a turn id whose
+# stream exists is never admitted again). The first event
 # (`head` + role + '"}') is written here too, in the same step.
 _ADMIT_TURN = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
@@ -64,7 +65,7 @@ local function window()
   return {}
 end
 if holder == ARGV[1] then return {'ok', role, window()} end
-if holder then return {'busy'} end
+if holder or redis.call('EXISTS', KEYS[6]) == 1 then return {'busy'} end
 local now, lease = tonumber(ARGV[2]), tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[4]) then return {'concurrency'} end

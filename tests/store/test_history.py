@@ -137,6 +137,8 @@ async def test_commit_appends_once_trims_and_releases_the_lease_and_slot(
     assert await redis.zcard(keys.running(USER)) == 0
     stream = await redis.xrange(keys.turn(USER, session_id, turn))
     assert [entry_id for entry_id, _ in stream] == [b"0-1", b"0-3"]
+    with pytest.raises(TurnInProgress):  # an ended turn's id is never admitted again
+        await admit(store, session_id, turn)
 
 
 async def test_commit_skips_events_a_lost_flush_reply_had_already_stored(
