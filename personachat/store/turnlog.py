@@ -10,6 +10,7 @@ so `XREAD` after `0-<n>` returns every entry that holds an event after n.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -18,7 +19,7 @@ from typing import TypeVar
 
 from redis.asyncio.cluster import RedisCluster
 
-from personachat.store.client import Redis, translate_redis_errors
+from personachat.store.client import UNREACHABLE, Redis, translate_redis_errors
 from personachat.store.keys import KeySpace, is_turn_id
 
 TERMINAL_TYPES = (b'"type":"end"', b'"type":"error"')
@@ -194,7 +195,8 @@ class TurnLog:
                 if is_turn_id(turn_id):
                     yield turn_id
         finally:
-            await pubsub.aclose()
+            with contextlib.suppress(*UNREACHABLE):  # closing a connection already lost
+                await pubsub.aclose()
 
 
 T = TypeVar("T")
