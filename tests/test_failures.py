@@ -295,3 +295,28 @@ def test_a_turn_ending_during_a_redis_outage_leaves_its_session_held_no_longer_t
 def _user(cookies: httpx.Cookies, env: dict[str, str]) -> str:
     value = cookies.get("chat_identity") or ""
     return value.split(".")[0]
+
+
+def test_a_turn_whose_final_write_is_refused_frees_its_session_at_once(
+    make_service: Callable[..., Service], own_redis: RedisProcess
+) -> None:
+    service = make_service(redis_url=own_redis.url)
+    raw = own_redis.client()
+    with service.client(timeout=20) as client:
+        session_id = start_session(client)
+        body = {"session_id": session_id, "message": "[[chunks=20]] [[delay_ms=25]]"}
+        try:
+            with client.stream("POST", "/chat/stream", json=body) as response:
+                events = iter_events(response)
+                next(events)
+                raw.config_set("maxmemory", 1)  # Redis refuses every write that needs memory (OOM)
+                final = [event for event in events if event.type != "chunk"][-1]
+            assert final.type == "error"  # not a hang: the turn's own failure path ended it
+            deadline = time.monotonic() + 3
+            while history(client, session_id)["running_turn_id"] is not None:  # reads and DEL still work
+                assert time.monotonic() < deadline, "the session stayed taken"
+                time.sleep(0.05)
+        finally:
+            raw.config_set("maxmemory", 0)
+        chat(client, session_id, "and the next message is accepted")
+        assert history(client, session_id)["total"] == 2
