@@ -68,8 +68,11 @@ class Settings(BaseSettings):
 
     # Turns.
     turn_timeout_seconds: PositiveSeconds = 600.0
+    # How long a turn holds its session without renewing (it renews every third of this): a
+    # turn whose process died frees its session and concurrency slot after at most this.
+    turn_lease_seconds: float = Field(10.0, ge=1, le=300)
     turn_stream_ttl_seconds: int = Field(3_600, ge=10)
-    max_turn_events: int = Field(20_000, ge=10)
+    max_turn_events: int = Field(20_000, ge=10, le=1_000_000)
     rate_limit_per_minute: int = Field(30, ge=0)
     max_concurrent_turns_per_user: int = Field(4, ge=1)
     sse_ping_seconds: PositiveSeconds = 15.0

@@ -8,7 +8,10 @@ read from its Redis stream (`TurnReaders.open`), so a client reconnecting with
 Guarantees:
 - every stream ends with the turn's final event (`end` or `error`), or with an `error`
   event of its own: `store_unavailable` when Redis cannot be read, `server_shutdown`, or
-  `turn_lost` when the turn's lock vanished without a final event (its process died);
+  `turn_lost` when the turn's lease ran out without a final event (its process died), which
+  the reader then also writes to the stream as the turn's final event;
+- the ids a reader sends strictly increase: an event at or before the reader's position
+  is never sent;
 - a resume names a turn of the caller's own session, or gets 404 like any foreign id.
 """
 
@@ -23,7 +26,7 @@ from personachat.store.client import BLOCK_MS
 from personachat.store.history import HistoryStore
 from personachat.store.keys import is_turn_id
 from personachat.store.turnlog import TurnLog, is_terminal
-from personachat.turns import TurnRun, TurnService, error_payload
+from personachat.turns import LOST_PAYLOAD, TurnLost, TurnRun, TurnService, error_payload
 
 
 def sse_frame(event_id: bytes, payload: bytes) -> bytes:
@@ -40,11 +43,6 @@ def parse_event_id(value: str) -> tuple[str, int]:
 
 def error_frame(prefix: bytes, seq: int, error: ChatError) -> bytes:
     return sse_frame(prefix + str(seq).encode(), orjson.dumps(error_payload(error)))
-
-
-class TurnLost(ChatError):
-    code = "turn_lost"
-    message = "The server generating this answer stopped; send your message again."
 
 
 async def follow(run: TurnRun, after: int = 0) -> AsyncIterator[bytes]:
@@ -94,6 +92,7 @@ class TurnReaders:
         prefix = turn_id.encode() + b":"
         position = after
         block: int | None = BLOCK_MS
+        marked_lost = False
         while True:
             try:
                 events = await self._log.read_after(user, session_id, turn_id, position, block)
@@ -101,6 +100,8 @@ class TurnReaders:
                 yield error_frame(prefix, position + 1, exc)
                 return
             for seq, payload in events:
+                if seq <= position:  # never twice, never backwards, whatever the store holds
+                    continue
                 yield sse_frame(prefix + str(seq).encode(), payload)
                 position = seq
                 if is_terminal(payload):
@@ -110,12 +111,26 @@ class TurnReaders:
             elif self._turns.closing:
                 yield error_frame(prefix, position + 1, ServerShutdown())
                 return
+            elif block is None and not marked_lost:
+                # The lease is gone and a last look found no final event: the turn's process
+                # died. Write `turn_lost` as its final event (unless its owner just wrote one),
+                # so every reader of it, here or elsewhere, ends the same way; then read it.
+                marked_lost = True
+                try:
+                    status = await self._store.end_lost_turn(user, session_id, turn_id, LOST_PAYLOAD, force=False)
+                except StoreUnavailable as exc:
+                    yield error_frame(prefix, position + 1, exc)
+                    return
+                if status == "running":  # it holds its lease again: keep following
+                    block, marked_lost = BLOCK_MS, False
+                elif status == "gone":
+                    yield error_frame(prefix, position + 1, TurnLost())
+                    return
             elif block is None:
-                # The lock is gone and a last look found no final event: the turn's process died.
                 yield error_frame(prefix, position + 1, TurnLost())
                 return
             elif not await self._still_running(user, session_id, turn_id):
-                # The final event and the lock's release are written together, but the final
+                # The final event and the lease's release are written together, but the final
                 # event may have landed just after the blocking read returned: look once more.
                 block = None
 

@@ -9,19 +9,27 @@ resuming with `Last-Event-ID`, are served (`readers`).
 
 Guarantees:
 - event ids are `<turn id>:<seq>`; a reader never sees an event twice or out of order;
-- the answer is committed with the `end` event in one transaction, so `end` means stored;
+- the answer is committed with the `end` event in one idempotent script, so `end` means
+  stored, exactly once, even when Redis's reply is lost and the write is sent again;
 - a failed turn stores nothing in history (the client keeps the message and may retry);
   a stopped turn stores the partial answer with `"stopped": true`;
+- a turn holds its session by a lease it renews (every third of TURN_LEASE_SECONDS, and with
+  each batch of events): a turn that loses it (its process stalled past it, or a stop ended
+  it as ownerless) stores nothing and ends with `turn_lost`;
 - every turn ends: model errors and timeouts, the turn deadline, a stop request (from any
-  instance, through Redis) and server shutdown each end it with one final event, and its
-  session lock is released in the same transaction (or expires, if the process died).
+  instance: pushed by pub/sub, with a durable flag behind it) and server shutdown each end it
+  with one final event, its lease released by the same script; on any other failure the
+  lease is released on its own, or runs out, if the process died. A stop of a turn whose
+  process is gone ends it there and then.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,17 +47,21 @@ from personachat.errors import (
 )
 from personachat.llm import Completion, ModelClient
 from personachat.personas import Persona, PersonaCatalog
-from personachat.store.client import UNREACHABLE, Redis
-from personachat.store.history import HistoryStore, SessionInfo, now_iso
-from personachat.store.turnlog import TurnLog, raise_unless_already_written
+from personachat.store.client import Redis
+from personachat.store.history import HistoryStore, now_iso
+from personachat.store.turnlog import TurnLog, is_terminal
 
 logger = logging.getLogger(__name__)
 
 # Seconds between batched writes of a running turn's events to Redis. Readers in the turn's
 # own process are served from memory at once; this only delays readers on other instances.
 FLUSH_INTERVAL = 0.25
-STOP_POLL_INTERVAL = 0.25  # how often this process looks for stop requests of its turns
-COMMIT_ATTEMPTS = 4  # a turn's final commit rides over a short Redis outage
+# Stop requests are pushed (pub/sub); this slow poll of the durable flags only catches those
+# published while this process was not subscribed.
+STOP_POLL_INTERVAL = 1.0
+# How long a stop waits for the turn's instance before ending the turn itself: well over the
+# fallback poll, so a live owner that missed the push still ends (and stores) its own turn.
+STOP_WAIT = 3.0
 
 
 @dataclass
@@ -69,8 +81,9 @@ class TurnRun:
     session_id: str
     persona: Persona
     payloads: list[bytes] = field(default_factory=list)  # payloads[i] is event seq i + 1
-    flushed: int = 0  # events written to Redis so far
+    flushed: int = 0  # events known to be in Redis (a failed write may have stored more)
     finished: bool = False
+    renewed_at: float = field(default_factory=time.monotonic)  # when the lease was last renewed
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     writing: asyncio.Lock = field(default_factory=asyncio.Lock)
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -84,6 +97,11 @@ class TurnRun:
     def append(self, payload: dict[str, Any]) -> None:
         self.payloads.append(orjson.dumps(payload))
         self._wake()
+
+    @property
+    def ended(self) -> bool:
+        """Whether the final event is in (it is always the last one)."""
+        return bool(self.payloads) and is_terminal(self.payloads[-1])
 
     def finish(self) -> None:
         self.finished = True
@@ -112,7 +130,7 @@ class TurnService:
         max_turn_events: int,
         max_answer_chars: int = 200_000,
     ) -> None:
-        self._redis = redis
+        self._redis = redis  # every Redis command goes through the store; kept for the app's wiring
         self._store = store
         self._log = log
         self._personas = personas
@@ -121,9 +139,13 @@ class TurnService:
         self._deadline = max(turn_timeout * 0.9, turn_timeout - 5)
         self._max_events = max_turn_events
         self._max_answer_chars = max_answer_chars
+        self._lease_ms = int(store.lease_seconds * 1000)
         self._runs: dict[str, TurnRun] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._chores: set[asyncio.Task[None]] = set()  # lease releases after a failure
         self._poller: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self.listening = asyncio.Event()  # set while subscribed to stop requests
         self.closing = False
 
     # -- starting, stopping and reading turns -------------------------------------------
@@ -138,51 +160,98 @@ class TurnService:
         if len(message) > self._max_message_chars:
             raise MessageTooLong(self._max_message_chars)
         chosen = self._personas.get(request.role) if request.role is not None else None
-        admission = await self._store.admit_turn(request.user, request.session_id)
-        persona = chosen or self._session_persona(admission.session_role)
-        run = TurnRun(admission.turn_id, request.user, request.session_id, persona)
-        run.append({"type": "start", "session_id": run.session_id, "turn_id": run.turn_id, "role": persona.key})
+        # Named before admission, so that a re-sent admission finds its own lease (see history.py).
+        turn_id = secrets.token_hex(8)
+        head = orjson.dumps({"type": "start", "session_id": request.session_id, "turn_id": turn_id, "role": ""})
         try:
-            await self._log.create(run.user, run.session_id, run.turn_id, run.payloads[0])
-            run.flushed = 1
-            if self.closing:  # the shutdown began while this turn was being admitted
-                raise ServerShutdown()
-        except (StoreUnavailable, ServerShutdown):
-            with contextlib.suppress(*UNREACHABLE):
-                await self._release(run)
+            admission = await self._store.admit_turn(
+                request.user,
+                request.session_id,
+                turn_id,
+                first_event_head=head[:-2],  # the admission appends the persona's key and '"}'
+                role=chosen.key if chosen else None,
+                default_role=self._personas.default_key,
+                known_roles=self._personas.keys,
+            )
+        except (StoreUnavailable, asyncio.CancelledError):
+            # The admission may have been applied with its reply lost: give the lease back.
+            self._release_later(request.user, request.session_id, turn_id)
             raise
+        if self.closing:  # the shutdown began while this turn was being admitted
+            with contextlib.suppress(StoreUnavailable):
+                await self._store.release_turn(request.user, request.session_id, turn_id)
+            raise ServerShutdown()
+        persona = self._personas.get(admission.role)
+        run = TurnRun(turn_id, request.user, request.session_id, persona)
+        run.payloads.append(admission.first_event)
+        run.flushed = 1
         user_message = {"role": "user", "content": message, "timestamp": now_iso(), "turn_id": run.turn_id}
         prompt = [{"role": "system", "content": persona.system_prompt}, *admission.window]
         prompt.append({"role": "user", "content": message})
         self._runs[run.turn_id] = run
         task = asyncio.create_task(self._run(run, prompt, user_message), name=f"turn-{run.turn_id}")
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(functools.partial(self._task_done, run))
         logger.info("turn started", extra={"turn_id": run.turn_id, "session_id": run.session_id, "role": persona.key})
         return run
 
-    def _session_persona(self, key: str) -> Persona:
-        # A session whose persona was removed from the roles file falls back to the default.
-        return self._personas.get(key if key in self._personas.keys else None)
+    def _task_done(self, run: TurnRun, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        _log_failure(task)  # a bug in the turn's own clean-up; its readers got internal_error
+        if not run.finished:
+            # Cancelled before it began (a shutdown right after admission): nothing ran its
+            # clean-up, so end its readers and give its lease back here.
+            self._runs.pop(run.turn_id, None)
+            run.append(error_payload(ServerShutdown()))
+            run.finish()
+            self._release_later(run.user, run.session_id, run.turn_id)
 
-    async def stop(self, user: str, session_id: str) -> SessionInfo:
-        """Ask the session's running turn, wherever it runs, to stop; wait briefly for it."""
+    def _release_later(self, user: str, session_id: str, turn_id: str) -> None:
+        async def release() -> None:
+            # Redis may be away (that is often why the turn failed): try until it is back, or
+            # until the lease has run out by itself anyway.
+            deadline = time.monotonic() + self._lease_ms / 1000
+            while True:
+                try:
+                    await self._store.release_turn(user, session_id, turn_id)
+                    return
+                except StoreUnavailable:
+                    if time.monotonic() > deadline:
+                        return
+                    await asyncio.sleep(0.5)
+
+        chore = asyncio.create_task(release(), name=f"release-{turn_id}")
+        self._chores.add(chore)
+        chore.add_done_callback(self._chores.discard)
+        chore.add_done_callback(_log_failure)
+
+    async def stop(self, user: str, session_id: str) -> tuple[str | None, bool]:
+        """Stop the session's running turn, wherever it runs: (its id, whether it is now ended).
+
+        The request reaches the turn's instance at once (pub/sub), or through the durable
+        flag. A turn whose instance does not end it within STOP_WAIT has no live owner (its
+        process died, or lost Redis): it is ended here, with a `turn_lost` final event, and
+        its lease released, so the session is usable again at once.
+        """
         session = await self._store.get_session(user, session_id)
         turn_id = session.running_turn_id
         if turn_id is None:
-            return session
+            return None, False
         await self._log.request_stop(user, turn_id)
         run = self._runs.get(turn_id)
         if run is not None:
             run.stop.set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(run.done.wait(), timeout=5)
-        else:
-            for _ in range(30):  # the owning instance notices within STOP_POLL_INTERVAL
-                await asyncio.sleep(0.1)
-                if (await self._store.get_session(user, session_id)).running_turn_id != turn_id:
-                    break
-        return session
+            return turn_id, run.finished
+        deadline = time.monotonic() + STOP_WAIT
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            if (await self._store.get_session(user, session_id)).running_turn_id != turn_id:
+                return turn_id, True
+        status = await self._store.end_lost_turn(user, session_id, turn_id, LOST_PAYLOAD, force=True)
+        logger.warning("turn ended for its lost owner", extra={"turn_id": turn_id, "outcome": status})
+        return turn_id, True
 
     # -- the turn itself ------------------------------------------------------------------
 
@@ -191,6 +260,7 @@ class TurnService:
         completion = Completion()
         consume = asyncio.create_task(self._consume(run, prompt, answer, completion))
         stop = asyncio.create_task(run.stop.wait())
+        keeper = asyncio.create_task(self._keep_lease(run))
         started = time.monotonic()
         metrics.turn_started()
         try:
@@ -210,12 +280,19 @@ class TurnService:
             await asyncio.shield(self._fail(run, ServerShutdown()))
             raise
         except Exception:
-            # A bug, not a model or Redis failure: log it, and still end every reader's stream.
+            # A bug, not a model or Redis failure: log it, and still end every reader's
+            # stream and give the session back (the final write releases the lease).
             logger.exception("turn crashed", extra={"turn_id": run.turn_id})
-            run.append(error_payload(ChatError()))
+            await _cancel(consume)
+            if not run.ended:
+                await self._fail(run, ChatError())
         finally:
             stop.cancel()
+            keeper.cancel()
             self._runs.pop(run.turn_id, None)
+            if not run.ended:  # the final write itself crashed: end the readers, free the lease
+                run.append(error_payload(ChatError()))
+                self._release_later(run.user, run.session_id, run.turn_id)
             run.finish()
             outcome = metrics.turn_ended(run.payloads[-1], time.monotonic() - started, len(answer))
             logger.info(
@@ -250,6 +327,29 @@ class TurnService:
             if flusher is not None:
                 await _cancel(flusher)
 
+    async def _keep_lease(self, run: TurnRun) -> None:
+        """Renew the turn's lease every third of it (a flush renews it too, and resets the clock)."""
+        interval = self._lease_ms / 3000
+        while True:
+            await asyncio.sleep(max(0.05, run.renewed_at + interval - time.monotonic()))
+            if time.monotonic() - run.renewed_at < interval:
+                continue
+            try:
+                ours = await self._store.renew_lease(run.user, run.session_id, run.turn_id)
+            except StoreUnavailable:
+                await asyncio.sleep(min(1.0, interval))  # the lease has two more tries before it runs out
+                continue
+            if not ours:
+                self._lose(run)
+                return
+            run.renewed_at = time.monotonic()
+
+    def _lose(self, run: TurnRun) -> None:
+        """The lease is gone (it ran out, or a stop ended the turn for a presumed-dead owner):
+        end the turn; its final write will store nothing and say so."""
+        logger.warning("turn lost its lease", extra={"turn_id": run.turn_id})
+        run.stop.set()
+
     async def _flush_later(self, run: TurnRun) -> None:
         await asyncio.sleep(FLUSH_INTERVAL)
         # Shielded: once started, a write is not abandoned halfway (its ids must stay in order).
@@ -263,70 +363,72 @@ class TurnService:
     async def _flush(self, run: TurnRun) -> None:
         async with run.writing:
             count = len(run.payloads)
-            if count > run.flushed:
-                await self._log.append(
-                    run.user, run.session_id, run.turn_id, run.flushed + 1, run.payloads[run.flushed : count]
+            if count > run.flushed and not run.ended:
+                # A write that fails leaves `flushed` as it was; the next one (or the final
+                # write) sends these events again and the store skips what it already has.
+                ours = await self._log.append(
+                    run.user,
+                    run.session_id,
+                    run.turn_id,
+                    run.flushed + 1,
+                    run.payloads[run.flushed : count],
+                    lease_ms=self._lease_ms,
                 )
+                if not ours:
+                    self._lose(run)
+                    return
                 run.flushed = count
+                run.renewed_at = time.monotonic()
 
     async def _commit(self, run: TurnRun, user_message: dict[str, Any], text: str, finish_reason: str) -> None:
-        """Store the turn's messages, its remaining events and `end` in one transaction."""
+        """Store the turn's messages, its remaining events and `end` in one step."""
         answer: dict[str, Any] = {"role": "assistant", "content": text, "timestamp": now_iso(), "turn_id": run.turn_id}
         answer["persona"] = run.persona.key
         if finish_reason == "stopped":
             answer["stopped"] = True
         end = {"type": "end", "session_id": run.session_id, "turn_id": run.turn_id, "finish_reason": finish_reason}
-        try:
-            await self._final_write(run, end, [user_message, answer], user_message["content"])
-        except StoreUnavailable as exc:
-            run.append(error_payload(exc))
-            return
-        run.append(end)
+        unstored = StoreUnavailable("The answer could not be stored: Redis is unreachable.")
+        await self._final_write(run, end, [user_message, answer], user_message["content"], error_payload(unstored))
 
     async def _fail(self, run: TurnRun, error: ChatError) -> None:
         """End the turn with an `error` event; nothing is added to history."""
         payload = error_payload(error)
         logger.warning("turn failed", extra={"turn_id": run.turn_id, "code": error.code})
-        with contextlib.suppress(StoreUnavailable):
-            await self._final_write(run, payload, [], "")
-        run.append(payload)
+        await self._final_write(run, payload, [], "", payload)
 
     async def _final_write(
-        self, run: TurnRun, final: dict[str, Any], messages: list[dict[str, Any]], title: str
+        self,
+        run: TurnRun,
+        final: dict[str, Any],
+        messages: list[dict[str, Any]],
+        title: str,
+        if_unreachable: dict[str, Any],
     ) -> None:
+        """Write the final event (and the messages) and release the lease, then end the readers
+        in this process with what the store now says: `final`, `turn_lost` when the turn had
+        lost its lease, or `if_unreachable` when Redis could not be written."""
         async with run.writing:  # after any batch still being written, so ids stay in order
-            await self._final_write_locked(run, final, messages, title)
-
-    async def _final_write_locked(
-        self, run: TurnRun, final: dict[str, Any], messages: list[dict[str, Any]], title: str
-    ) -> None:
-        payloads = [*run.payloads[run.flushed :], orjson.dumps(final)]
-        last_seq = run.flushed + len(payloads)
-        for attempt in range(COMMIT_ATTEMPTS):
+            payloads = [*run.payloads[run.flushed :], orjson.dumps(final)]
             try:
-                async with self._redis.pipeline(transaction=True) as pipe:
-                    self._log.queue_append(pipe, run.user, run.session_id, run.turn_id, run.flushed + 1, payloads)
-                    if messages:
-                        self._store.queue_append_turn(pipe, run.user, run.session_id, messages, run.persona.key, title)
-                    self._store.queue_release_turn(pipe, run.user, run.session_id, run.turn_id)
-                    replies = await pipe.execute(raise_on_error=False)
-                raise_unless_already_written(replies)
+                status = await self._store.commit_turn(
+                    run.user,
+                    run.session_id,
+                    run.turn_id,
+                    first_seq=run.flushed + 1,
+                    payloads=payloads,
+                    messages=messages,
+                    role=run.persona.key,
+                    title=title,
+                    lost_payload=LOST_PAYLOAD,
+                )
+            except StoreUnavailable:
+                self._release_later(run.user, run.session_id, run.turn_id)
+                run.append(if_unreachable)
                 return
-            except UNREACHABLE as exc:
-                if attempt == COMMIT_ATTEMPTS - 1:
-                    raise StoreUnavailable("The answer could not be stored: Redis is unreachable.") from exc
-                await asyncio.sleep(0.25 * 2**attempt)
-            # The transaction may have been applied with its reply lost: a stored final
-            # event says so, and writing it again would append the messages twice.
-            with contextlib.suppress(StoreUnavailable):
-                tail = await self._log.tail(run.user, run.session_id, run.turn_id)
-                if tail is not None and tail.last_seq >= last_seq:
-                    return
-
-    async def _release(self, run: TurnRun) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            self._store.queue_release_turn(pipe, run.user, run.session_id, run.turn_id)
-            await pipe.execute()
+            if status == "lost":
+                run.append(orjson.loads(LOST_PAYLOAD))
+            else:
+                run.append(final)
 
     # -- process life -------------------------------------------------------------------
 
@@ -340,10 +442,24 @@ class TurnService:
         return max(len(self._runs), len(self._tasks))
 
     def start_background(self) -> None:
+        self._listener = asyncio.create_task(self._listen_stops(), name="turn-stop-listener")
         self._poller = asyncio.create_task(self._poll_stops(), name="turn-stop-poller")
 
+    async def _listen_stops(self) -> None:
+        """Stop requests pushed by Redis pub/sub, on one connection of this process's own."""
+        while True:
+            try:
+                async for turn_id in self._log.stop_requests(on_subscribed=self.listening.set):
+                    run = self._runs.get(turn_id)
+                    if run is not None:
+                        run.stop.set()
+            except StoreUnavailable:
+                self.listening.clear()
+                await asyncio.sleep(1.0)  # then subscribe again; the poll covers the gap
+
     async def _poll_stops(self) -> None:
-        """Stop requests reach the turn's own process through Redis, whichever instance took them."""
+        """The slow fallback: stop requests published while this process was not subscribed
+        (a reconnect) still reach the turn's own process through the durable flags."""
         seen: bytes | None = None
         while True:
             await asyncio.sleep(STOP_POLL_INTERVAL)
@@ -372,11 +488,26 @@ class TurnService:
     async def shutdown(self) -> None:
         """End every running turn with `server_shutdown` and wait for their final writes."""
         self.begin_shutdown()
-        if self._poller is not None:
-            await _cancel(self._poller)
+        for background in (self._poller, self._listener):
+            if background is not None:
+                await _cancel(background)
         tasks = list(self._tasks)
         if tasks:
             await asyncio.wait(tasks, timeout=10)
+        if self._chores:
+            await asyncio.wait(list(self._chores), timeout=5)
+            for chore in list(self._chores):  # Redis still away: those leases run out by themselves
+                await _cancel(chore)
+
+
+class TurnLost(ChatError):
+    code = "turn_lost"
+    message = "The server generating this answer stopped; send your message again."
+
+
+# The final event of a turn ended without its owner (its process died, or it lost its lease):
+# nothing of it was stored.
+LOST_PAYLOAD = orjson.dumps({"type": "error", "code": TurnLost.code, "content": TurnLost.message})
 
 
 def _as_chat_error(exc: BaseException | None) -> ChatError:
@@ -397,7 +528,23 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
         logger.error("background write failed", exc_info=exc)
 
 
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """Done callback of a background task nobody awaits: its failure is logged, not lost."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        logger.error("%s failed", task.get_name(), exc_info=exc)
+
+
 async def _cancel(task: asyncio.Task[Any]) -> None:
+    """Cancel `task` and wait for it to end. Its own cancellation is swallowed; the caller's
+    is not: a caller cancelled while it waits here gets CancelledError, as it should."""
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
+    caller = asyncio.current_task()
+    before = caller.cancelling() if caller is not None else 0
+    try:
         await task
+    except asyncio.CancelledError:
+        if caller is not None and caller.cancelling() > before:
+            raise
+    except Exception:
+        # It failed while being cancelled (its result was no longer wanted): say so, go on.
+        logger.warning("task %s failed while cancelled", task.get_name(), exc_info=True)

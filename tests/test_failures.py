@@ -144,10 +144,10 @@ def test_sigterm_ends_running_turns_with_server_shutdown_and_the_next_start_is_c
 
 
 @pytest.mark.slow
-def test_a_killed_process_leaves_the_session_locked_no_longer_than_the_turn_timeout(
+def test_a_killed_process_leaves_the_session_held_no_longer_than_the_turn_lease(
     redis_server: RedisProcess, model: FakeModel, tmp_path: Path
 ) -> None:
-    env = service_env(redis_server, model, tmp_path, UPSTREAM_TIMEOUT_SECONDS="2", TURN_TIMEOUT_SECONDS="3")
+    env = service_env(redis_server, model, tmp_path, TURN_LEASE_SECONDS="3")
     doomed, survivor = ServiceProcess(env, ROOT).start(), ServiceProcess(env, ROOT).start()
     try:
         with httpx.Client(base_url=doomed.base_url, timeout=30) as client:
@@ -168,7 +168,7 @@ def test_a_killed_process_leaves_the_session_locked_no_longer_than_the_turn_time
                 client, "GET", "/chat/stream", params={"session_id": session_id}, headers={"Last-Event-ID": head[-1].id}
             )
             assert rest[-1].type == "error" and rest[-1].data["code"] == "turn_lost"
-            assert time.monotonic() - killed_at < 3 + 3  # the turn timeout, plus one reader poll
+            assert time.monotonic() - killed_at < 3 + 3  # the lease, plus one reader poll
             chat(client, session_id, "the session is free again")
             assert history(client, session_id)["total"] == 2
     finally:
@@ -176,6 +176,148 @@ def test_a_killed_process_leaves_the_session_locked_no_longer_than_the_turn_time
         survivor.stop()
 
 
+def start_and_kill(env: dict[str, str]) -> tuple[str, str, str, httpx.Cookies, float]:
+    """Start a long turn on a service process, read 3 events, SIGKILL the process mid-turn.
+
+    Returns (session, another session, the last event id read, cookies, when it was killed).
+    """
+    doomed = ServiceProcess(env, ROOT).start()
+    try:
+        with httpx.Client(base_url=doomed.base_url, timeout=30) as client:
+            session_id, other_session = start_session(client), start_session(client)
+            body = {"session_id": session_id, "message": "[[chunks=2000]] [[delay_ms=20]]"}
+            head = read_events(client, "POST", "/chat/stream", count=3, json=body)
+            cookies = client.cookies
+        doomed.signal(signal.SIGKILL)
+        doomed.wait()
+        return session_id, other_session, head[-1].id or "", cookies, time.monotonic()
+    finally:
+        doomed.stop()
+
+
+def first_accepted(client: httpx.Client, session_id: str, deadline: float) -> tuple[float, list[int]]:
+    """Send a message every 0.2 s until one is accepted; (when, the statuses seen)."""
+    statuses = []
+    while time.monotonic() < deadline:
+        body = {"session_id": session_id, "message": "[[chunks=2]]"}
+        with client.stream("POST", "/chat/stream", json=body) as response:
+            statuses.append(response.status_code)
+            response.read()
+            if response.status_code == 200:
+                return time.monotonic(), statuses
+        time.sleep(0.2)
+    raise AssertionError(f"no message accepted in time: {statuses[-5:]}")
+
+
+@pytest.mark.slow
+def test_after_a_sigkill_and_a_restart_the_session_and_slot_are_free_within_the_lease(
+    redis_server: RedisProcess, model: FakeModel, tmp_path: Path
+) -> None:
+    # The default lease (10 s); one turn at a time per user, so the dead turn's slot shows too.
+    env = service_env(redis_server, model, tmp_path, MAX_CONCURRENT_TURNS_PER_USER="1")
+    session_id, other_session, last_id, cookies, killed_at = start_and_kill(env)
+    restarted = ServiceProcess(env, ROOT).start()
+    try:
+        with httpx.Client(base_url=restarted.base_url, cookies=cookies, timeout=30) as client:
+            asked = time.monotonic() - killed_at
+            blocked = client.post("/chat/stream", json={"session_id": other_session, "message": "x"})
+            if asked < 8:  # well within the dead turn's lease (a slow restart may leave no time to look)
+                assert blocked.status_code == 429  # its concurrency slot is taken, for now
+            rest = read_events(
+                client, "GET", "/chat/stream", params={"session_id": session_id}, headers={"Last-Event-ID": last_id}
+            )
+            lost_after = time.monotonic() - killed_at
+            assert rest[-1].type == "error" and rest[-1].data["code"] == "turn_lost"  # not a hang
+            asked = time.monotonic()  # the reader wrote it as the turn's final event: the next gets it at once
+            again = read_events(
+                client, "GET", "/chat/stream", params={"session_id": session_id}, headers={"Last-Event-ID": last_id}
+            )
+            assert [e.data for e in again] == [rest[-1].data] and again[0].id == rest[-1].id
+            assert time.monotonic() - asked < 1
+            accepted, statuses = first_accepted(client, session_id, killed_at + 40)
+            usable_after = accepted - killed_at
+            print(f"after SIGKILL: resumer got turn_lost at {lost_after:.1f} s, session usable at {usable_after:.1f} s")
+            assert usable_after < 30  # was ~600 s (TURN_TIMEOUT_SECONDS)
+            assert set(statuses[:-1]) <= {409}
+            chat(client, other_session, "the slot is free too")
+    finally:
+        restarted.stop()
+
+
+@pytest.mark.slow
+def test_a_stop_of_a_turn_whose_process_died_ends_it_and_frees_the_session_at_once(
+    redis_server: RedisProcess, model: FakeModel, tmp_path: Path
+) -> None:
+    env = service_env(redis_server, model, tmp_path, TURN_LEASE_SECONDS="60")  # the lease alone: a minute
+    session_id, _, last_id, cookies, killed_at = start_and_kill(env)
+    restarted = ServiceProcess(env, ROOT).start()
+    try:
+        with httpx.Client(base_url=restarted.base_url, cookies=cookies, timeout=30) as client:
+            assert history(client, session_id)["running_turn_id"] is not None
+            asked = time.monotonic()
+            stopped = client.post("/chat/stop", params={"session_id": session_id}).json()
+            took = time.monotonic() - asked
+            assert stopped["stopped"] is True and stopped["turn_id"] == last_id.split(":")[0]
+            rest = read_events(
+                client, "GET", "/chat/stream", params={"session_id": session_id}, headers={"Last-Event-ID": last_id}
+            )
+            assert rest[-1].type == "error" and rest[-1].data["code"] == "turn_lost"
+            chat(client, session_id, "usable again")
+            usable = time.monotonic() - killed_at
+            print(f"stop of a dead turn took {took:.1f} s; session usable {usable:.1f} s after the kill")
+            assert took < 5
+            assert history(client, session_id)["total"] == 2  # the cut turn stored nothing, the new one did
+    finally:
+        restarted.stop()
+
+
+def test_a_turn_ending_during_a_redis_outage_leaves_its_session_held_no_longer_than_its_lease(
+    make_service: Callable[..., Service], own_redis: RedisProcess
+) -> None:
+    service = make_service(redis_url=own_redis.url, turn_lease_seconds=10)
+    with service.client(timeout=20) as client:
+        session_id = start_session(client)
+        body = {"session_id": session_id, "message": "[[chunks=20]] [[delay_ms=25]]"}
+        with client.stream("POST", "/chat/stream", json=body) as response:
+            events = iter_events(response)
+            next(events)
+            own_redis.stop()  # the answer ends, and its commit gives up, while Redis is away
+            final = [event for event in events if event.type != "chunk"][-1]
+        assert final.type == "error" and final.data["code"] == "store_unavailable"
+        time.sleep(max(0.0, 3 - 0.5))
+        own_redis.start()  # an outage of ~3 s; the append-only file kept the lease
+        back = time.monotonic()
+        accepted, _ = first_accepted(client, session_id, back + 30)
+        print(f"after a 3 s Redis outage the session was usable {accepted - back:.1f} s after Redis came back")
+        assert accepted - back < 10  # was ~565 s: the lock outlived the outage
+        assert history(client, session_id)["total"] == 2
+
+
 def _user(cookies: httpx.Cookies, env: dict[str, str]) -> str:
     value = cookies.get("chat_identity") or ""
     return value.split(".")[0]
+
+
+def test_a_turn_whose_final_write_is_refused_frees_its_session_at_once(
+    make_service: Callable[..., Service], own_redis: RedisProcess
+) -> None:
+    service = make_service(redis_url=own_redis.url)
+    raw = own_redis.client()
+    with service.client(timeout=20) as client:
+        session_id = start_session(client)
+        body = {"session_id": session_id, "message": "[[chunks=20]] [[delay_ms=25]]"}
+        try:
+            with client.stream("POST", "/chat/stream", json=body) as response:
+                events = iter_events(response)
+                next(events)
+                raw.config_set("maxmemory", 1)  # Redis refuses every write that needs memory (OOM)
+                final = [event for event in events if event.type != "chunk"][-1]
+            assert final.type == "error"  # not a hang: the turn's own failure path ended it
+            deadline = time.monotonic() + 3
+            while history(client, session_id)["running_turn_id"] is not None:  # reads and DEL still work
+                assert time.monotonic() < deadline, "the session stayed taken"
+                time.sleep(0.05)
+        finally:
+            raw.config_set("maxmemory", 0)
+        chat(client, session_id, "and the next message is accepted")
+        assert history(client, session_id)["total"] == 2

@@ -16,9 +16,10 @@ from personachat.readers import TurnReaders
 from personachat.store.client import BLOCK_MS, create_redis
 from personachat.store.history import HistoryStore, Limits
 from personachat.store.keys import KeySpace
-from personachat.store.turnlog import TurnLog
+from personachat.store.turnlog import _APPEND, TurnLog
 from personachat.turns import TurnService
 from tests.conftest import FakeModel, Service, chat, history, start_session
+from tests.faults import FaultProxy, script_sha
 from tests.servers import RedisProcess, free_port
 from tests.sse import Event, answer_text, collect, iter_events
 
@@ -239,7 +240,7 @@ def test_an_outage_during_a_remote_read_is_not_taken_for_a_lost_turn(redis_serve
         live = create_redis(redis_server.url)
         away = create_redis(f"redis://127.0.0.1:{free_port()}/0")  # where the sessions "are": down
         keys = KeySpace("outage" + secrets.token_hex(3))
-        limits = Limits(20, 1000, 3600, 60_000, 4, 0)
+        limits = Limits(20, 1000, 3600, 60_000, 60, 4, 0)
         log = TurnLog(live, keys, 60)
         store = HistoryStore(away, keys, limits)
         openai_client = create_openai_client(api_key="k", base_url="http://127.0.0.1:9/v1", timeout=1, max_retries=0)
@@ -249,7 +250,8 @@ def test_an_outage_during_a_remote_read_is_not_taken_for_a_lost_turn(redis_serve
             max_message_chars=100, turn_timeout=60, max_turn_events=100,
         )  # fmt: skip
         user, session_id, turn_id = "someone", "a" * 32, "b" * 16
-        await log.create(user, session_id, turn_id, b'{"type":"start"}')
+        await live.set(keys.lock(user, session_id), turn_id)  # the turn's lease, held by "another instance"
+        await log.append(user, session_id, turn_id, 1, [b'{"type":"start"}'], lease_ms=60_000)
         frames: list[bytes] = []
 
         async def read() -> None:
@@ -258,7 +260,7 @@ def test_an_outage_during_a_remote_read_is_not_taken_for_a_lost_turn(redis_serve
 
         reader = asyncio.create_task(read())
         await asyncio.sleep(BLOCK_MS / 1000 + 0.7)  # one blocking read and one failed check later
-        await log.append(user, session_id, turn_id, 2, [b'{"type":"end","finish_reason":"stop"}'])
+        await log.append(user, session_id, turn_id, 2, [b'{"type":"end","finish_reason":"stop"}'], lease_ms=60_000)
         await asyncio.wait_for(reader, timeout=10)
         for client in (live, away):
             await client.aclose()
@@ -267,3 +269,60 @@ def test_an_outage_during_a_remote_read_is_not_taken_for_a_lost_turn(redis_serve
 
     frames = asyncio.run(scenario())
     assert len(frames) == 1 and b'"type":"end"' in frames[0], frames  # not turn_lost
+
+
+def test_a_flush_applied_but_reported_failed_never_repeats_events_to_any_reader(
+    make_service: Callable[..., Service], redis_server: RedisProcess
+) -> None:
+    proxy = FaultProxy(redis_server.port).start()
+    try:
+        owner, other = make_service(redis_url=proxy.url), make_service()  # the reader's instance: no proxy
+        with owner.client() as client:
+            session_id = start_session(client)
+            chat(client, session_id, "warm up")  # the scripts are loaded, so the next EVALSHA runs
+            # The first flush runs in Redis, loses its reply, and its retries find Redis away:
+            # the turn believes it failed, and writes those events again with the next ones.
+            proxy.drop_reply(script_sha(_APPEND), outage=1.0)
+            head = read_some(client, session_id, SLOW, 1)
+            turn_id = head[0].data["turn_id"]
+            with other.client(cookies=client.cookies) as remote:
+                replay = resume(remote, session_id, f"{turn_id}:0")
+            stored = wait_until_idle(client, session_id)
+        assert proxy.dropped == 1
+        assert [e.id for e in replay] == [f"{turn_id}:{n}" for n in range(1, len(replay) + 1)]  # each id once, in order
+        assert replay[-1].type == "end" and answer_text(replay) == SLOW_TEXT
+        assert stored["total"] == 4
+    finally:
+        proxy.stop()
+
+
+def test_a_stop_through_another_instance_lands_at_once(make_service: Callable[..., Service]) -> None:
+    owner, other = make_service(), make_service()
+    deadline = time.monotonic() + 5
+    while not owner.app.state.services.turns.listening.is_set():  # it subscribes as the app starts
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    latencies = []
+    with owner.client() as client, other.client() as remote:
+        session_id = start_session(client)
+        remote.cookies = client.cookies
+        for _ in range(5):
+            body = {"session_id": session_id, "message": "[[chunks=400]] [[delay_ms=20]]"}
+            with client.stream("POST", "/chat/stream", json=body) as response:
+                events = iter_events(response)
+                for _ in range(3):
+                    next(events)
+                asked = time.monotonic()
+                stopper = threading.Thread(
+                    target=remote.post, args=("/chat/stop",), kwargs={"params": {"session_id": session_id}}
+                )
+                stopper.start()
+                final = [event for event in events if event.type != "chunk"][-1]
+                latencies.append(time.monotonic() - asked)
+                stopper.join(timeout=10)
+            assert final.type == "end" and final.data["finish_reason"] == "stopped"
+            wait_until_idle(client, session_id)
+    latencies.sort()
+    median, worst = latencies[2] * 1000, latencies[-1] * 1000
+    print(f"stop latency through another instance: median {median:.0f} ms, max {worst:.0f} ms")
+    assert latencies[2] < 0.1  # pushed, not found by the 1 s fallback poll

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import orjson
+import pytest
 
+from config import Settings
+from main import create_app
+from personachat.turns import TurnRequest, _cancel
 from tests.conftest import FakeModel, Service, chat, history, start_session
 from tests.servers import RedisProcess
+from tests.sse import iter_events
 
 TEACHER_PROMPT_START = "You are a patient, encouraging teacher."
 
@@ -126,3 +134,89 @@ def test_history_is_capped_at_history_max_and_expires(
     for key in keys:
         ttl = redis.ttl(key)
         assert 0 < ttl <= 3600, (key, ttl)  # every key of the service expires
+
+
+async def test_cancel_swallows_the_tasks_cancellation_but_not_one_aimed_at_its_caller() -> None:
+    async def slow_to_end() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.2)  # a clean-up that takes a while
+            raise
+
+    went_on: list[bool] = []
+
+    async def caller() -> None:
+        task = asyncio.create_task(slow_to_end())
+        await asyncio.sleep(0)
+        await _cancel(task)  # the caller is cancelled while it waits here
+        went_on.append(True)
+
+    outer = asyncio.create_task(caller())
+    await asyncio.sleep(0.05)
+    outer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await outer
+    assert went_on == []
+
+    task = asyncio.create_task(slow_to_end())
+    await asyncio.sleep(0)
+    await _cancel(task)  # only the task was cancelled: the caller goes on
+    assert task.cancelled()
+
+
+def test_a_turn_longer_than_its_lease_keeps_the_session_by_renewing_it(
+    make_service: Callable[..., Service],
+) -> None:
+    service = make_service(turn_lease_seconds=1)
+    with service.client() as client:
+        session_id = start_session(client)
+        # 2.5 s of silence from the model (no events to flush: the renewals alone keep the lease).
+        body = {"session_id": session_id, "message": "[[first_delay_ms=2500]] [[chunks=3]]"}
+        with client.stream("POST", "/chat/stream", json=body) as response:
+            events = iter_events(response)
+            next(events)
+            time.sleep(1.8)
+            second = client.post("/chat/stream", json={"session_id": session_id, "message": "me too"})
+            assert second.status_code == 409  # still held, well after one lease
+            rest = list(events)
+        assert rest[-1].type == "end"
+        stored = history(client, session_id)
+        assert stored["total"] == 2 and stored["messages"][1]["content"] == "w0 w1 w2 "
+
+
+async def test_a_turn_cancelled_before_it_began_ends_its_readers_and_frees_its_session(
+    make_settings: Callable[..., Settings],
+) -> None:
+    app = create_app(make_settings())
+    async with app.router.lifespan_context(app):  # the app's own wiring, on this event loop
+        services = app.state.services
+        session = await services.store.create_session("carol", "assistant", None)
+        run = await services.turns.start(TurnRequest("carol", session.session_id, "hello"))
+        (task,) = [task for task in asyncio.all_tasks() if task.get_name() == f"turn-{run.turn_id}"]
+        task.cancel()  # before its first step: none of its own clean-up can run
+        deadline = time.monotonic() + 5
+        while (await services.store.get_session("carol", session.session_id)).running_turn_id is not None:
+            assert time.monotonic() < deadline, "the session stayed taken"
+            await asyncio.sleep(0.02)
+        assert run.finished and orjson.loads(run.payloads[-1])["code"] == "server_shutdown"
+        assert services.turns.active_turns == 0
+
+
+def test_a_turn_that_loses_its_lease_stores_nothing_and_says_so(
+    client: httpx.Client, service: Service, redis_server: RedisProcess
+) -> None:
+    session_id = start_session(client)
+    body = {"session_id": session_id, "message": "[[chunks=80]] [[delay_ms=25]]"}
+    with client.stream("POST", "/chat/stream", json=body) as response:
+        events = iter_events(response)
+        next(events)
+        # Its lease is gone (it ran out while the process stalled, and another turn may take
+        # the session): the turn must notice at its next write and end without storing.
+        (lock,) = redis_server.client().scan_iter(f"{service.settings.redis_prefix}:*:lock:{session_id}")
+        redis_server.client().delete(lock)
+        final = [event for event in events if event.type != "chunk"][-1]
+    assert final.type == "error" and final.data["code"] == "turn_lost"
+    stored = history(client, session_id)
+    assert stored["total"] == 0 and stored["running_turn_id"] is None
+    chat(client, session_id, "the session goes on")

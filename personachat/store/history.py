@@ -2,18 +2,26 @@
 
 This module alone knows how history is laid out, how long it lives and how it is trimmed.
 It guarantees:
-- a turn is committed in one MULTI/EXEC transaction: the user message and the answer are
-  appended together (never one without the other, never twice), the list is trimmed to
-  HISTORY_MAX, and every key of the session gets its TTL refreshed;
+- a turn is committed by one Lua script: the user message and the answer are appended
+  together (never one without the other, never twice: running it again, as redis-py's retry
+  does after a lost reply, finds the turn's final event and changes nothing), the list is
+  trimmed to HISTORY_MAX, every key of the session gets its TTL refreshed, and the lease is
+  released; it stores nothing unless the turn still holds its lease and its session exists;
 - admission of a turn is one atomic script: the session must exist and belong to the user,
-  no other turn may be running in it, and the user's rate and concurrency limits hold;
+  no other turn may hold its lease, and the user's rate and concurrency limits hold; the
+  caller names the turn, so the same admission sent twice is admitted once;
+- a turn holds its session by a short lease (TURN_LEASE_SECONDS) that it renews while it
+  runs, so a turn whose process died frees its session and concurrency slot within a lease;
+- a session is deleted or cleared by one script that refuses while a turn holds the lease;
 - a session id that is missing and one that belongs to someone else look the same (404).
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -22,18 +30,43 @@ import orjson
 
 from config import Settings
 from personachat.errors import RateLimited, SessionNotFound, TurnInProgress
-from personachat.store.client import Pipeline, Redis, translate_redis_errors
+from personachat.store.client import UNREACHABLE, Redis, translate_redis_errors
 from personachat.store.keys import KeySpace, is_session_id
+from personachat.store.turnlog import TAIL_LUA
 
 TITLE_CHARS = 60
 LIST_LIMIT = 500
+COMMIT_ATTEMPTS = 4  # a turn's final commit rides over a short Redis outage (the script is idempotent)
 
-# KEYS: session hash, lock, running zset, rate counter, messages list
-# ARGV: turn id, now ms, lock ttl ms, max concurrent, rate limit, rate window ms, window size
+# A turn holds its session through a lease: the lock key (the turn id, expiring after
+# TURN_LEASE_SECONDS) and its entry in the user's running-turns zset (scored by the same
+# expiry). The running turn renews both; a dead turn's lease simply runs out.
+#
+# KEYS: session hash, lock, running zset, rate counter, messages list, turn stream
+# ARGV: turn id, now ms, lease ms, max concurrent, rate limit, rate window ms, window size,
+#       stream ttl s, first event head, chosen role ('' for the session's), default role,
+#       then the known roles.
+# The turn id is chosen by the caller, so a re-sent admission (a reply lost, the client
+# retrying) finds its own lease and answers ok again instead of "busy" (and a turn id whose
+# stream exists is never admitted again). The first event
+# (`head` + role + '"}') is written here too, in the same step.
 _ADMIT_TURN = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
-if redis.call('EXISTS', KEYS[2]) == 1 then return {'busy'} end
-local now = tonumber(ARGV[2])
+local holder = redis.call('GET', KEYS[2])
+local role = ARGV[10]
+if role == '' then
+  role = redis.call('HGET', KEYS[1], 'role') or ''
+  local known = false
+  for i = 12, #ARGV do if ARGV[i] == role then known = true end end
+  if not known then role = ARGV[11] end
+end
+local function window()
+  if tonumber(ARGV[7]) > 0 then return redis.call('LRANGE', KEYS[5], -tonumber(ARGV[7]), -1) end
+  return {}
+end
+if holder == ARGV[1] then return {'ok', role, window()} end
+if holder or redis.call('EXISTS', KEYS[6]) == 1 then return {'busy'} end
+local now, lease = tonumber(ARGV[2]), tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[4]) then return {'concurrency'} end
 local limit = tonumber(ARGV[5])
@@ -42,20 +75,133 @@ if limit > 0 then
   if used >= limit then return {'rate', redis.call('PTTL', KEYS[4])} end
   if redis.call('INCR', KEYS[4]) == 1 then redis.call('PEXPIRE', KEYS[4], ARGV[6]) end
 end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
-redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[1])
-redis.call('PEXPIRE', KEYS[3], ARGV[3])
-local window = {}
-if tonumber(ARGV[7]) > 0 then window = redis.call('LRANGE', KEYS[5], -tonumber(ARGV[7]), -1) end
-return {'ok', redis.call('HGET', KEYS[1], 'role'), window}
+redis.call('SET', KEYS[2], ARGV[1], 'PX', lease)
+redis.call('ZADD', KEYS[3], now + lease, ARGV[1])
+if redis.call('PTTL', KEYS[3]) < lease then redis.call('PEXPIRE', KEYS[3], lease) end
+redis.call('XADD', KEYS[6], '0-1', 's', 1, 'd', ARGV[9] .. role .. '"}')
+redis.call('EXPIRE', KEYS[6], ARGV[8])
+return {'ok', role, window()}
 """
 
-# KEYS: lock, running zset. ARGV: turn id. Releases the lock only if this turn still holds it.
+# KEYS: session hash, messages, user index, lock, running zset, turn stream
+# ARGV: turn id, session id, first seq, n payloads, m messages, now ms, now iso, history max,
+#       history ttl s, stream ttl s, role, title, lost payload, then the n payloads (the events
+#       not yet written, the final one last), then the m messages.
+# Safe to run twice: a stream already ending with this turn's final entry means done. Events
+# a flush already stored (its reply lost) are skipped, so no seq is written twice. Without the
+# lease (it ran out, or a stop ended the turn) or without its session (deleted), nothing is
+# added to history: the stream gets the `lost` payload as its final event (numbered LOST_SEQ,
+# see turnlog.py), unless it has one.
+_COMMIT_TURN = (
+    TAIL_LUA
+    + """
+local stored, final = stream_tail(KEYS[6])
+if final == 'end' then return {'done'} end
+if final then
+  redis.call('ZREM', KEYS[5], ARGV[1])
+  return {'lost'}
+end
+local ours = redis.call('GET', KEYS[4]) == ARGV[1]
+if not ours or redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('XADD', KEYS[6], '0-' .. LOST_SEQ, 's', LOST_SEQ, 'd', ARGV[13], 'f', 'lost')
+  redis.call('EXPIRE', KEYS[6], ARGV[10])
+  if ours then redis.call('DEL', KEYS[4]) end
+  redis.call('ZREM', KEYS[5], ARGV[1])
+  return {'lost'}
+end
+local first, n, m = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local start = math.max(first, stored + 1)
+local parts = {}
+for i = start - first + 1, n do parts[#parts + 1] = ARGV[13 + i] end
+redis.call('XADD', KEYS[6], '0-' .. (first + n - 1), 's', start, 'd', table.concat(parts, '\\n'), 'f', 'end')
+redis.call('EXPIRE', KEYS[6], ARGV[10])
+if m > 0 then
+  local ttl = tonumber(ARGV[9])
+  redis.call('RPUSH', KEYS[2], unpack(ARGV, 14 + n, 13 + n + m))
+  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[8]), -1)
+  redis.call('EXPIRE', KEYS[2], ttl)
+  redis.call('HSET', KEYS[1], 'role', ARGV[11], 'last_activity', ARGV[7])
+  redis.call('HSETNX', KEYS[1], 'title', ARGV[12])
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('ZADD', KEYS[3], ARGV[6], ARGV[2])
+  redis.call('EXPIRE', KEYS[3], ttl)
+end
+redis.call('DEL', KEYS[4])
+redis.call('ZREM', KEYS[5], ARGV[1])
+return {'ok'}
+"""
+)
+
+# KEYS: lock, running zset. ARGV: turn id, now ms, lease ms. Extends the lease only if ours.
+_RENEW_LEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local lease = tonumber(ARGV[3])
+redis.call('PEXPIRE', KEYS[1], lease)
+redis.call('ZADD', KEYS[2], tonumber(ARGV[2]) + lease, ARGV[1])
+if redis.call('PTTL', KEYS[2]) < lease then redis.call('PEXPIRE', KEYS[2], lease) end
+return 1
+"""
+
+# KEYS: lock, running zset. ARGV: turn id. Releases the lease only if this turn still holds it.
 _RELEASE_TURN = """
 redis.call('ZREM', KEYS[2], ARGV[1])
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+# KEYS: lock, running zset, turn stream. ARGV: turn id, "1" to end it even while it holds
+# its lease (its owner did not answer a stop), the final payload, stream ttl s.
+# Ends a turn whose owner is gone: its stream gets a final event (so every reader ends) and
+# its lease and slot are released. A turn that has its final event is left as it is.
+_END_LOST_TURN = (
+    TAIL_LUA
+    + """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] and ARGV[2] ~= '1' then return {'running'} end
+local stored, final = stream_tail(KEYS[3])
+if holder == ARGV[1] then redis.call('DEL', KEYS[1]) end
+redis.call('ZREM', KEYS[2], ARGV[1])
+if final then return {'ended'} end
+if stored == 0 then return {'gone'} end
+redis.call('XADD', KEYS[3], '0-' .. LOST_SEQ, 's', LOST_SEQ, 'd', ARGV[3], 'f', 'lost')
+redis.call('EXPIRE', KEYS[3], ARGV[4])
+return {'lost'}
+"""
+)
+
+# KEYS: session hash, messages, lock, user index. ARGV: session id, cutoff ms ("+inf": any
+# age), "1" for a dry run. Returns {status, keys, bytes, existed}: status 1 when deleted (or,
+# in a dry run, it would be), -1 when a turn holds the session's lease, -2 when active again
+# after the cutoff; `existed` 0 when the session hash was already gone (a stale index entry).
+# One script for every deletion (the routes, chatctl, the bulk paths): a turn admitted
+# between a check and a delete cannot bring a half-deleted session back.
+DELETE_SESSION = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return {-1, 0, 0, 1} end
+local score = redis.call('ZSCORE', KEYS[4], ARGV[1])
+local cutoff = tonumber(ARGV[2]) or math.huge
+if score and tonumber(score) > cutoff then return {-2, 0, 0, 1} end
+local existed = redis.call('EXISTS', KEYS[1])
+local keys, bytes = 0, 0
+for i = 1, 2 do
+  local size = redis.call('MEMORY', 'USAGE', KEYS[i])
+  if size then keys = keys + 1; bytes = bytes + size end
+end
+if ARGV[3] ~= '1' then
+  redis.call('UNLINK', KEYS[1], KEYS[2])
+  redis.call('ZREM', KEYS[4], ARGV[1])
+end
+return {1, keys, bytes, existed}
+"""
+
+# KEYS: session hash, messages, lock. Deletes the messages unless a turn holds the lease.
+_CLEAR_SESSION = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'missing' end
+if redis.call('EXISTS', KEYS[3]) == 1 then return 'busy' end
+redis.call('UNLINK', KEYS[2])
+return 'ok'
+"""
+
+BUSY_MESSAGE = "An answer is being generated in this session; stop it first."
 
 
 def now_iso() -> str:
@@ -79,10 +225,11 @@ class SessionInfo:
 
 @dataclass
 class Admission:
-    """A turn admitted by `HistoryStore.admit_turn`: the session's role and prompt window."""
+    """A turn admitted by `HistoryStore.admit_turn`: its persona, first event and prompt window."""
 
     turn_id: str
-    session_role: str
+    role: str
+    first_event: bytes
     window: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -91,7 +238,8 @@ class Limits:
     history_window: int
     history_max: int
     history_ttl_seconds: int
-    lock_ttl_ms: int
+    lease_ms: int
+    turn_stream_ttl_seconds: int
     max_concurrent_turns: int
     rate_limit_per_minute: int
 
@@ -101,8 +249,9 @@ class Limits:
             history_window=settings.history_window,
             history_max=settings.history_max,
             history_ttl_seconds=settings.history_ttl_seconds,
-            # A crashed instance's turn keeps its session locked no longer than the turn timeout.
-            lock_ttl_ms=int(settings.turn_timeout_seconds * 1000),
+            # A crashed instance's turn keeps its session (and a concurrency slot) no longer than this.
+            lease_ms=int(settings.turn_lease_seconds * 1000),
+            turn_stream_ttl_seconds=settings.turn_stream_ttl_seconds,
             max_concurrent_turns=settings.max_concurrent_turns_per_user,
             rate_limit_per_minute=settings.rate_limit_per_minute,
         )
@@ -114,6 +263,16 @@ class HistoryStore:
         self._keys = keys
         self._limits = limits
         self._admit = redis.register_script(_ADMIT_TURN)
+        self._commit = redis.register_script(_COMMIT_TURN)
+        self._renew = redis.register_script(_RENEW_LEASE)
+        self._release = redis.register_script(_RELEASE_TURN)
+        self._end_lost = redis.register_script(_END_LOST_TURN)
+        self._delete = redis.register_script(DELETE_SESSION)
+        self._clear = redis.register_script(_CLEAR_SESSION)
+
+    @property
+    def lease_seconds(self) -> float:
+        return self._limits.lease_ms / 1000
 
     # -- sessions ---------------------------------------------------------------------
 
@@ -184,55 +343,83 @@ class HistoryStore:
         return _session_info(session_id, meta, lock, len(raw)), [orjson.loads(item) for item in raw]
 
     @translate_redis_errors
-    async def clear(self, user: str, session_id: str) -> SessionInfo:
-        """Delete the session's messages; the session itself stays."""
-        session = await self._idle_session(user, session_id)
-        await self._redis.delete(self._keys.messages(user, session_id))
-        session.messages = 0
-        return session
+    async def clear_session(self, user: str, session_id: str) -> None:
+        """Delete the session's messages; the session itself stays. 409 while a turn holds it."""
+        if not is_session_id(session_id):
+            raise SessionNotFound()
+        keys = [
+            self._session_key(user, session_id),
+            self._keys.messages(user, session_id),
+            self._keys.lock(user, session_id),
+        ]
+        status = await self._clear(keys=keys)
+        if status == b"missing":
+            raise SessionNotFound()
+        if status == b"busy":
+            raise TurnInProgress(BUSY_MESSAGE)
 
     @translate_redis_errors
-    async def delete(self, user: str, session_id: str) -> None:
-        """Delete the session and its messages."""
-        await self._idle_session(user, session_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self._keys.session(user, session_id), self._keys.messages(user, session_id))
-            pipe.zrem(self._keys.sessions(user), session_id)
-            await pipe.execute()
-
-    async def _idle_session(self, user: str, session_id: str) -> SessionInfo:
-        session = await self.get_session(user, session_id)
-        if session.running_turn_id is not None:
-            raise TurnInProgress("An answer is being generated in this session; stop it first.")
-        return session
+    async def delete_session(self, user: str, session_id: str) -> None:
+        """Delete the session and its messages, atomically; 409 while a turn holds it."""
+        if not is_session_id(session_id):
+            raise SessionNotFound()
+        keys = [
+            self._session_key(user, session_id),
+            self._keys.messages(user, session_id),
+            self._keys.lock(user, session_id),
+            self._keys.sessions(user),
+        ]
+        status, _keys, _bytes, existed = await self._delete(keys=keys, args=[session_id, "+inf", "0"])
+        if status == -1:
+            raise TurnInProgress(BUSY_MESSAGE)
+        if not existed:
+            raise SessionNotFound()
 
     # -- turns ------------------------------------------------------------------------
 
     @translate_redis_errors
-    async def admit_turn(self, user: str, session_id: str) -> Admission:
-        """Atomically take the session's turn lock and read the prompt window.
+    async def admit_turn(
+        self,
+        user: str,
+        session_id: str,
+        turn_id: str,
+        *,
+        first_event_head: bytes,
+        role: str | None,
+        default_role: str,
+        known_roles: Sequence[str],
+    ) -> Admission:
+        """Atomically take the session's lease, write the turn's first event, read the prompt window.
 
-        Raises SessionNotFound, TurnInProgress (409) or RateLimited (429).
+        The persona is `role`, else the session's own if it is one of `known_roles`, else
+        `default_role`; the first event is `first_event_head` + that key + '"}'. Safe to
+        repeat with the same `turn_id`. Raises SessionNotFound, TurnInProgress (409) or
+        RateLimited (429).
         """
         if not is_session_id(session_id):
             raise SessionNotFound()
-        turn_id = secrets.token_hex(8)
         limits = self._limits
         keys = [
-            self._keys.session(user, session_id),
+            self._session_key(user, session_id),
             self._keys.lock(user, session_id),
             self._keys.running(user),
             self._keys.rate(user),
             self._keys.messages(user, session_id),
+            self._keys.turn(user, session_id, turn_id),
         ]
         args = [
             turn_id,
-            int(time.time() * 1000),
-            limits.lock_ttl_ms,
+            _now_ms(),
+            limits.lease_ms,
             limits.max_concurrent_turns,
             limits.rate_limit_per_minute,
             60_000,
             limits.history_window,
+            limits.turn_stream_ttl_seconds,
+            first_event_head,
+            role or "",
+            default_role,
+            *known_roles,
         ]
         reply = await self._admit(keys=keys, args=args)
         status = reply[0].decode()
@@ -250,30 +437,102 @@ class HistoryStore:
                 f"At most {limits.rate_limit_per_minute} messages per minute per user.",
                 retry_after=-(-int(reply[1]) // 1000),
             )
-        role = reply[1].decode() if reply[1] else ""
-        return Admission(turn_id, role, [_prompt_message(orjson.loads(item)) for item in reply[2]])
+        chosen: bytes = reply[1]
+        window = [_prompt_message(orjson.loads(item)) for item in reply[2]]
+        return Admission(turn_id, chosen.decode(), first_event_head + chosen + b'"}', window)
 
-    def queue_append_turn(
-        self, pipe: Pipeline, user: str, session_id: str, messages: list[dict[str, Any]], role: str, title: str
-    ) -> None:
-        """Queue, on a MULTI pipeline, the commands that store a finished turn's messages."""
-        ttl = self._limits.history_ttl_seconds
-        now_ms = time.time() * 1000
-        session_key, messages_key = self._keys.session(user, session_id), self._keys.messages(user, session_id)
-        pipe.rpush(messages_key, *[orjson.dumps(message) for message in messages])
-        pipe.ltrim(messages_key, -self._limits.history_max, -1)
-        pipe.expire(messages_key, ttl)
-        pipe.hset(session_key, mapping={"role": role, "last_activity": _iso_from_ms(now_ms)})
-        pipe.hsetnx(session_key, "title", title[:TITLE_CHARS])
-        pipe.hsetnx(session_key, "created_at", _iso_from_ms(now_ms))  # if Redis lost the session
-        pipe.expire(session_key, ttl)
-        pipe.zadd(self._keys.sessions(user), {session_id: now_ms})
-        pipe.expire(self._keys.sessions(user), ttl)
+    @translate_redis_errors
+    async def commit_turn(
+        self,
+        user: str,
+        session_id: str,
+        turn_id: str,
+        *,
+        first_seq: int,
+        payloads: Sequence[bytes],
+        messages: Sequence[dict[str, Any]],
+        role: str,
+        title: str,
+        lost_payload: bytes,
+    ) -> str:
+        """End a turn: its remaining events and final event (the last of `payloads`, numbered
+        from `first_seq`), its messages appended to history (none for a failed turn), history
+        trimmed, TTLs refreshed, the lease and the concurrency slot released; one script.
 
-    def queue_release_turn(self, pipe: Pipeline, user: str, session_id: str, turn_id: str) -> None:
-        """Queue the release of the turn's lock (only if this turn still holds it)."""
-        # EVAL, not EVALSHA: inside MULTI a missing script (after a Redis restart) cannot be reloaded.
-        pipe.eval(_RELEASE_TURN, 2, self._keys.lock(user, session_id), self._keys.running(user), turn_id)
+        Returns "ok"; "done" when an earlier attempt had already committed it (its reply was
+        lost); "lost" when the turn no longer held its lease or its session was deleted:
+        nothing was stored, and the stream ends with `lost_payload` (or the final event that
+        ended it already). Retried over a short outage, then StoreUnavailable.
+        """
+        limits = self._limits
+        keys = [
+            self._session_key(user, session_id),
+            self._keys.messages(user, session_id),
+            self._keys.sessions(user),
+            self._keys.lock(user, session_id),
+            self._keys.running(user),
+            self._keys.turn(user, session_id, turn_id),
+        ]
+        now_ms = _now_ms()
+        args = [
+            turn_id,
+            session_id,
+            first_seq,
+            len(payloads),
+            len(messages),
+            now_ms,
+            _iso_from_ms(now_ms),
+            limits.history_max,
+            limits.history_ttl_seconds,
+            limits.turn_stream_ttl_seconds,
+            role,
+            title[:TITLE_CHARS],
+            lost_payload,
+            *payloads,
+            *[orjson.dumps(message) for message in messages],
+        ]
+        for attempt in range(COMMIT_ATTEMPTS):
+            try:
+                reply = await self._commit(keys=keys, args=args)
+                return str(reply[0].decode())
+            except UNREACHABLE:
+                if attempt == COMMIT_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.25 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    @translate_redis_errors
+    async def renew_lease(self, user: str, session_id: str, turn_id: str) -> bool:
+        """Extend the turn's lease; False when it is no longer the turn's (it ran out, or a stop
+        ended the turn): the turn must then end without storing anything."""
+        keys = self._keys_of_lease(user, session_id)
+        return bool(await self._renew(keys=keys, args=[turn_id, _now_ms(), self._limits.lease_ms]))
+
+    @translate_redis_errors
+    async def release_turn(self, user: str, session_id: str, turn_id: str) -> None:
+        """Release the turn's lease and slot (only if it still holds them); stores nothing."""
+        await self._release(keys=self._keys_of_lease(user, session_id), args=[turn_id])
+
+    @translate_redis_errors
+    async def end_lost_turn(self, user: str, session_id: str, turn_id: str, final: bytes, *, force: bool) -> str:
+        """End a turn whose owner is gone: write `final` as its last event unless it has one,
+        and release its lease and slot. Without `force`, a turn still holding its lease is
+        left alone ("running"). Returns "lost" (ended here), "ended" (it had its final
+        event already), "gone" (no such stream) or "running"."""
+        keys = [*self._keys_of_lease(user, session_id), self._keys.turn(user, session_id, turn_id)]
+        args = [turn_id, "1" if force else "0", final, self._limits.turn_stream_ttl_seconds]
+        reply = await self._end_lost(keys=keys, args=args)
+        return str(reply[0].decode())
+
+    def _session_key(self, user: str, session_id: str) -> str:
+        return self._keys.session(user, session_id)
+
+    def _keys_of_lease(self, user: str, session_id: str) -> list[str]:
+        return [self._keys.lock(user, session_id), self._keys.running(user)]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _prompt_message(message: dict[str, Any]) -> dict[str, Any]:

@@ -8,15 +8,16 @@ or outside the prefix.
     <prefix>:{<user>}:sessions            ZSET  session id -> last activity (ms), the user's index
     <prefix>:{<user>}:s:<session>         HASH  session metadata (role, title, times, count)
     <prefix>:{<user>}:m:<session>         LIST  the session's messages, JSON, oldest first
-    <prefix>:{<user>}:lock:<session>      STR   id of the turn running in the session (expires)
+    <prefix>:{<user>}:lock:<session>      STR   id of the turn holding the session's lease (expires)
     <prefix>:{<user>}:t:<session>:<turn>  STREAM the turn's events, for readers and resumes
     <prefix>:{<user>}:stop:<turn>         STR   a stop request for a running turn
-    <prefix>:{<user>}:running             ZSET  turn id -> expiry (ms), the user's running turns
+    <prefix>:{<user>}:running             ZSET  turn id -> lease expiry (ms), the user's running turns
     <prefix>:{<user>}:rate                STR   turns started in the current rate window
     <prefix>:apikey:<sha256 of key>       HASH  an API key's user, id, label, creation time
     <prefix>:apikeys                      HASH  key id -> sha256, to list and revoke keys
     <prefix>:stops                        STR   a random token, replaced on every stop request
     <prefix>:anon:<client address>        STR   anonymous identities minted for it this minute
+    <prefix>:stop-requests                (pub/sub channel) turn ids of stop requests
 """
 
 from __future__ import annotations
@@ -90,6 +91,10 @@ class KeySpace:
 
     def stop_token(self) -> str:
         return f"{self.prefix}:stops"
+
+    def stop_channel(self) -> str:
+        """The pub/sub channel stop requests are published on (a channel, not a key)."""
+        return f"{self.prefix}:stop-requests"
 
     def all_keys_pattern(self) -> str:
         """A SCAN pattern matching every key of the service (and nothing outside the prefix)."""

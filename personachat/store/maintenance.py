@@ -21,32 +21,12 @@ from typing import Any
 import orjson
 
 from personachat.store.client import Redis, translate_redis_errors
-from personachat.store.history import SessionInfo, _session_info, now_iso
+from personachat.store.history import DELETE_SESSION, SessionInfo, _session_info, now_iso
 from personachat.store.keys import KeySpace, is_session_id, is_user_id
 
 EXPORT_FORMAT = "personachat-export"
 EXPORT_VERSION = 1
 SCAN_COUNT = 1_000
-
-# KEYS: session hash, messages, lock, user index. ARGV: session id, cutoff ms ("+inf": any
-# age), "1" for a dry run. Returns {status, keys, bytes}: status 1 when deleted (or, in a dry
-# run, it would be), -1 when a turn is running, -2 when active again after the cutoff.
-_DELETE_SESSION = """
-if redis.call('EXISTS', KEYS[3]) == 1 then return {-1, 0, 0} end
-local score = redis.call('ZSCORE', KEYS[4], ARGV[1])
-local cutoff = tonumber(ARGV[2]) or math.huge
-if score and tonumber(score) > cutoff then return {-2, 0, 0} end
-local keys, bytes = 0, 0
-for i = 1, 2 do
-  local size = redis.call('MEMORY', 'USAGE', KEYS[i])
-  if size then keys = keys + 1; bytes = bytes + size end
-end
-if ARGV[3] ~= '1' then
-  redis.call('UNLINK', KEYS[1], KEYS[2])
-  redis.call('ZREM', KEYS[4], ARGV[1])
-end
-return {1, keys, bytes}
-"""
 
 # KEYS: session hash, lock, orphan key. Unlinks the key only while its session is still gone.
 _DELETE_ORPHAN = """
@@ -241,9 +221,9 @@ class Maintenance:
                         self._keys.sessions(ref.user),
                     ]
                     # EVAL, not EVALSHA: cluster pipelines refuse EVALSHA (Redis caches the script anyway).
-                    pipe.eval(_DELETE_SESSION, 4, *keys, ref.session_id, cutoff, "1" if dry_run else "0")
+                    pipe.eval(DELETE_SESSION, 4, *keys, ref.session_id, cutoff, "1" if dry_run else "0")
                 results = await pipe.execute()
-            for ref, (status, keys_gone, size) in zip(batch, results, strict=True):
+            for ref, (status, keys_gone, size, _existed) in zip(batch, results, strict=True):
                 if status == -1:
                     tally.skipped_running.append(ref)
                 elif status == -2:

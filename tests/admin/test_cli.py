@@ -126,7 +126,14 @@ def decoys(r: redis.Redis, keys: KeySpace) -> dict[bytes, bytes | None]:
 
 
 def all_keys(r: redis.Redis) -> set[bytes]:
-    return set(r.scan_iter(count=5_000))
+    """Every key, but those about to expire by themselves: other tests share this Redis, and
+    their short-lived keys (rate windows, stop flags: a minute) may vanish while this one runs."""
+    names = list(r.scan_iter(count=5_000))
+    with r.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.pttl(name)
+        ttls = pipe.execute()
+    return {name for name, ttl in zip(names, ttls, strict=True) if not 0 <= ttl < 120_000}
 
 
 # -- keys ---------------------------------------------------------------------------------------

@@ -90,7 +90,7 @@ def history_clear(
         confirm(f"Delete session {session} of {user}?", yes)
 
         async def one(tools: Tools) -> None:
-            await tools.store().delete(user, session)
+            await tools.store().delete_session(user, session)
 
         run(one)
         emit(as_json, {"deleted": 1, "session_id": session}, f"deleted session {session}")

@@ -150,14 +150,12 @@ async def history(
 @router.delete("/chat/history/{session_id}", response_model=ClearResponse)
 async def clear_history(identity: IdentityDep, store: StoreDep, session_id: str) -> ClearResponse:
     """Delete the session's messages; the session stays (409 while an answer is generated)."""
-    await store.clear(identity.user_id, session_id)
+    await store.clear_session(identity.user_id, session_id)
     return ClearResponse(session_id=session_id)
 
 
 @router.post("/chat/stop", response_model=StopResponse)
 async def stop(identity: IdentityDep, turns: TurnsDep, session_id: SessionIdQuery) -> StopResponse:
     """Stop the answer being generated; readers get `end` with finish_reason "stopped"."""
-    session = await turns.stop(identity.user_id, session_id)
-    return StopResponse(
-        session_id=session_id, turn_id=session.running_turn_id, stopped=session.running_turn_id is not None
-    )
+    turn_id, stopped = await turns.stop(identity.user_id, session_id)
+    return StopResponse(session_id=session_id, turn_id=turn_id, stopped=stopped)

@@ -35,5 +35,5 @@ async def delete_all_sessions(identity: IdentityDep, maintenance: MaintenanceDep
 @router.delete("/chat/sessions/{session_id}", response_model=DeleteResponse)
 async def delete_session(identity: IdentityDep, store: StoreDep, session_id: str) -> DeleteResponse:
     """Delete the session and its messages (409 while an answer is generated)."""
-    await store.delete(identity.user_id, session_id)
+    await store.delete_session(identity.user_id, session_id)
     return DeleteResponse(session_id=session_id)
