@@ -67,8 +67,10 @@ end
 if holder == ARGV[1] then return {'ok', role, window()} end
 if holder or redis.call('EXISTS', KEYS[6]) == 1 then return {'busy'} end
 local now, lease = tonumber(ARGV[2]), tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[4]) then return {'concurrency'} end
+-- Counted without pruning: the first write of this script must be one that Redis refuses when
+-- it is out of memory (INCR or SET), so that an OOM Redis refuses the admission whole (503)
+-- instead of admitting a turn it cannot store. Expired slots are pruned after the SET.
+if redis.call('ZCOUNT', KEYS[3], '(' .. now, '+inf') >= tonumber(ARGV[4]) then return {'concurrency'} end
 local limit = tonumber(ARGV[5])
 if limit > 0 then
   local used = tonumber(redis.call('GET', KEYS[4]) or '0')
@@ -76,6 +78,7 @@ if limit > 0 then
   if redis.call('INCR', KEYS[4]) == 1 then redis.call('PEXPIRE', KEYS[4], ARGV[6]) end
 end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', lease)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 redis.call('ZADD', KEYS[3], now + lease, ARGV[1])
 if redis.call('PTTL', KEYS[3]) < lease then redis.call('PEXPIRE', KEYS[3], lease) end
 redis.call('XADD', KEYS[6], '0-1', 's', 1, 'd', ARGV[9] .. role .. '"}')

@@ -133,8 +133,9 @@ def test_many_blocked_readers_do_not_delay_commands(own_redis: RedisProcess) -> 
         ]
         await asyncio.sleep(0.3)  # every reader is blocked in XREAD now
         started = time.monotonic()
-        await log.create("someone", "1" * 32, turn, b'{"type":"start"}')
-        assert await log.tail("someone", "1" * 32, turn) is not None
+        # Two commands on the command pool (the turn holds no lease, so nothing is written).
+        assert await log.append("someone", "1" * 32, turn, 1, [b'{"type":"start"}'], lease_ms=1_000) is False
+        assert await log.tail("someone", "1" * 32, turn) is None
         elapsed = time.monotonic() - started
         assert not any(reader.done() for reader in readers)
         assert await asyncio.gather(*readers) == [[]] * len(readers)  # they time out, empty
