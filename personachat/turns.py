@@ -37,7 +37,7 @@ from personachat.errors import (
     UpstreamError,
 )
 from personachat.llm import Completion, ModelClient
-from personachat.personas import Persona, PersonaCatalog
+from personachat.personas import Persona, PersonaResolver
 from personachat.store.client import UNREACHABLE, Redis
 from personachat.store.history import HistoryStore, SessionInfo, now_iso
 from personachat.store.turnlog import TurnLog, raise_unless_already_written
@@ -103,7 +103,7 @@ class TurnService:
         redis: Redis,
         store: HistoryStore,
         log: TurnLog,
-        personas: PersonaCatalog,
+        personas: PersonaResolver,
         model: ModelClient,
         *,
         max_message_chars: int,
@@ -132,9 +132,10 @@ class TurnService:
             raise EmptyMessage()
         if len(message) > self._max_message_chars:
             raise MessageTooLong(self._max_message_chars)
-        chosen = self._personas.get(request.role) if request.role is not None else None
+        chosen = await self._personas.resolve(request.user, request.role) if request.role is not None else None
         admission = await self._store.admit_turn(request.user, request.session_id)
-        persona = chosen or self._session_persona(admission.session_role)
+        # A session whose persona was deleted (or left the roles file) goes on with the default.
+        persona = chosen or await self._personas.for_session(request.user, admission.session_role)
         run = TurnRun(admission.turn_id, request.user, request.session_id, persona)
         run.append({"type": "start", "session_id": run.session_id, "turn_id": run.turn_id, "role": persona.key})
         try:
@@ -153,10 +154,6 @@ class TurnService:
         task.add_done_callback(self._tasks.discard)
         logger.info("turn started", extra={"turn_id": run.turn_id, "session_id": run.session_id, "role": persona.key})
         return run
-
-    def _session_persona(self, key: str) -> Persona:
-        # A session whose persona was removed from the roles file falls back to the default.
-        return self._personas.get(key if key in self._personas.keys else None)
 
     async def stop(self, user: str, session_id: str) -> SessionInfo:
         """Ask the session's running turn, wherever it runs, to stop; wait briefly for it."""

@@ -16,6 +16,10 @@ or outside the prefix.
     <prefix>:apikey:<sha256 of key>       HASH  an API key's user, id, label, creation time
     <prefix>:apikeys                      HASH  key id -> sha256, to list and revoke keys
     <prefix>:stops                        STR   a random token, replaced on every stop request
+
+Personas of one's own (store/personas.py), in the user's slot like the rest of their data:
+
+    <prefix>:{<user>}:personas            HASH  persona key -> the persona, JSON (with its times)
 """
 
 from __future__ import annotations
@@ -84,6 +88,11 @@ class KeySpace:
     def stop_token(self) -> str:
         return f"{self.prefix}:stops"
 
+    # -- personas of one's own (store/personas.py) ---------------------------------------
+
+    def personas(self, user: str) -> str:
+        return f"{self._user(user)}:personas"
+
     def all_keys_pattern(self) -> str:
         """A SCAN pattern matching every key of the service (and nothing outside the prefix)."""
         return f"{self.prefix}:*"
@@ -115,13 +124,15 @@ class KeySpace:
                 return KeyName(kind, user, session_id=session_id, turn_id=turn_id)
         if kind == "stop" and is_turn_id(tail):
             return KeyName(kind, user, turn_id=tail)
+        if kind == "personas" and not tail:  # personas of one's own
+            return KeyName(kind, user)
         return None
 
 
 @dataclass(frozen=True)
 class KeyName:
     """A key of the service, parsed: `kind` is the segment after the user tag (`s`, `m`,
-    `lock`, `t`, `stop`, `sessions`, `running`, `rate`), or `apikey` / `apikeys`."""
+    `lock`, `t`, `stop`, `sessions`, `running`, `rate`, `personas`), or `apikey` / `apikeys`."""
 
     kind: str
     user: str | None = None

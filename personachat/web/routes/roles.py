@@ -1,21 +1,104 @@
-"""Persona routes."""
+"""Persona routes: the caller's personas (the catalog's and their own), and character cards."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Any
 
-from personachat.web.deps import PersonasDep, SettingsDep
+from fastapi import APIRouter, Request, status
+
+from personachat.cards import MAX_CARD_BYTES, parse_card_bytes
+from personachat.errors import InvalidCard
+from personachat.personas import PersonaDraft, card_of
+from personachat.web.deps import IdentityDep, PersonasDep, SettingsDep
 from personachat.web.params import ERRORS
-from personachat.web.schemas import RoleInfo, RolesResponse
+from personachat.web.persona_schemas import PersonaDeleted, PersonaOut, RoleList, RoleSummary
 
-router = APIRouter(responses=ERRORS, tags=["personas"])
+router = APIRouter(responses={**ERRORS, 403: ERRORS[404]}, tags=["personas"])
+
+CARD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": f"A character card: V2 or V1 JSON, or a PNG with a 'chara' text chunk; at most "
+        f"{MAX_CARD_BYTES // (1024 * 1024)} MB.",
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
 
 
-@router.get("/roles", response_model=RolesResponse)
-async def roles(personas: PersonasDep, settings: SettingsDep) -> RolesResponse:
-    """The personas, and whether the offline demo model is the one answering."""
-    return RolesResponse(
-        roles=[RoleInfo(key=p.key, name=p.name, description=p.description) for p in personas],
+@router.get("/roles", response_model=RoleList)
+async def roles(identity: IdentityDep, personas: PersonasDep, settings: SettingsDep) -> RoleList:
+    """The personas the caller may use: built-in, from ROLES_FILE, and their own."""
+    entries = await personas.list(identity.user_id)
+    return RoleList(
+        roles=[
+            RoleSummary(
+                key=e.persona.key,
+                name=e.persona.name,
+                description=e.persona.description,
+                source=e.source,
+                editable=e.editable,
+            )
+            for e in entries
+        ],
         default_role=personas.default_key,
         demo_model=settings.uses_demo_model,
+        max_personas=personas.max_per_user,
     )
+
+
+@router.post("/roles", response_model=PersonaOut, status_code=status.HTTP_201_CREATED)
+async def create_role(identity: IdentityDep, personas: PersonasDep, body: PersonaDraft) -> PersonaOut:
+    """Create a persona of one's own; the server picks its key (409 beyond MAX_PERSONAS_PER_USER)."""
+    return PersonaOut(**(await personas.create(identity.user_id, body)).as_dict())
+
+
+@router.post("/roles/import", response_model=PersonaOut, status_code=status.HTTP_201_CREATED, openapi_extra=CARD_BODY)
+async def import_role(identity: IdentityDep, personas: PersonasDep, request: Request) -> PersonaOut:
+    """Create a persona from a character card (Character Card V2 or V1 JSON, or a PNG card
+    sent as `Content-Type: image/png`). A card that cannot be read is 422 naming the problem."""
+    card = parse_card_bytes(await _bounded_body(request), request.headers.get("content-type", ""))
+    return PersonaOut(**(await personas.import_card(identity.user_id, card)).as_dict())
+
+
+@router.get("/roles/{key}", response_model=PersonaOut)
+async def get_role(identity: IdentityDep, personas: PersonasDep, key: str) -> PersonaOut:
+    """The whole persona; another user's persona is 404, like one that does not exist."""
+    return PersonaOut(**(await personas.get(identity.user_id, key)).as_dict())
+
+
+@router.put("/roles/{key}", response_model=PersonaOut)
+async def replace_role(identity: IdentityDep, personas: PersonasDep, key: str, body: PersonaDraft) -> PersonaOut:
+    """Replace one of the caller's own personas (403 `read_only` for built-in and file ones)."""
+    return PersonaOut(**(await personas.replace(identity.user_id, key, body)).as_dict())
+
+
+@router.delete("/roles/{key}", response_model=PersonaDeleted)
+async def delete_role(identity: IdentityDep, personas: PersonasDep, key: str) -> PersonaDeleted:
+    """Delete one of the caller's own personas; sessions that used it go on with the default one."""
+    await personas.delete(identity.user_id, key)
+    return PersonaDeleted(key=key)
+
+
+@router.get("/roles/{key}/card")
+async def role_card(identity: IdentityDep, personas: PersonasDep, key: str) -> dict[str, Any]:
+    """The persona as a Character Card V2 JSON document (it imports back to the same persona)."""
+    return card_of(await personas.get(identity.user_id, key))
+
+
+async def _bounded_body(request: Request) -> bytes:
+    """The body, refused as soon as it is known to be too large (by Content-Length, or while reading)."""
+    too_large = InvalidCard(f"The card file is larger than {MAX_CARD_BYTES // (1024 * 1024)} MB.")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_CARD_BYTES:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_CARD_BYTES:
+            raise too_large
+    if not body:
+        raise InvalidCard("Send the card as the request body (JSON, or a PNG image).")
+    return bytes(body)
