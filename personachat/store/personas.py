@@ -105,6 +105,6 @@ class PersonaStore:
         key = self._keys.personas(user)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hlen(key)
-            pipe.unlink(key)
+            pipe.delete(key)
             count, _ = await pipe.execute()
         return int(count)
