@@ -259,9 +259,9 @@ class PersonaResolver:
     def default_key(self) -> str:
         return self.catalog.default_key
 
-    async def list(self, user: str) -> list[PersonaEntry]:
+    async def list(self, user: str | None) -> list[PersonaEntry]:
         """The catalog's personas in display order, then the user's own, oldest first."""
-        own = [_entry(record) for record in await self._store.list(user)]
+        own = [_entry(record) for record in await self._store.list(user)] if user else []
         shared = [PersonaEntry(p, self.catalog.source(p.key), False) for p in self.catalog]
         return shared + own
 

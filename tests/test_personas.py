@@ -321,3 +321,18 @@ def test_own_personas_live_as_long_as_the_users_history_and_are_refreshed_on_use
             use()
             assert direct.ttl(user) > 500, "every use refreshes the TTL"
     direct.close()
+
+
+def test_the_roles_list_stays_public_when_anonymous_identities_are_off(
+    make_service: Callable[..., Service],
+) -> None:
+    service = make_service(allow_anonymous=False)
+    key = create_api_key(service, "keyed")
+    with service.client() as nobody, service.client(headers={"Authorization": f"Bearer {key}"}) as script:
+        made = create(script)["key"]
+        public = nobody.get("/roles")
+        assert public.status_code == 200 and "set-cookie" not in public.headers
+        assert [r["key"] for r in public.json()["roles"]] == ["assistant", "teacher", "programmer"]
+        assert [r["key"] for r in script.get("/roles").json()["roles"]][-1] == made
+        assert nobody.post("/roles", json=PIRATE).status_code == 401
+        assert nobody.get("/roles", headers={"Authorization": "Bearer pck_wrong"}).status_code == 401

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Depends, Request, status
 
 from personachat.cards import MAX_CARD_BYTES, parse_card_bytes
-from personachat.errors import InvalidCard
+from personachat.errors import InvalidApiKey, InvalidCard, NotAuthenticated
+from personachat.identity import Identity
 from personachat.personas import PersonaDraft, card_of
-from personachat.web.deps import IdentityDep, PersonasDep, SettingsDep
+from personachat.web.deps import IdentityDep, PersonasDep, ServicesDep, SettingsDep
 from personachat.web.params import ERRORS
 from personachat.web.persona_schemas import PersonaDeleted, PersonaOut, RoleList, RoleSummary
 
@@ -28,10 +29,23 @@ CARD_BODY: dict[str, Any] = {
 }
 
 
+async def optional_identity(request: Request, services: ServicesDep) -> Identity | None:
+    """The caller, or None when anonymous identities are off and no key came (a wrong key is 401)."""
+    try:
+        return await services.identity.resolve(request)
+    except InvalidApiKey:
+        raise
+    except NotAuthenticated:
+        return None
+
+
 @router.get("/roles", response_model=RoleList)
-async def roles(identity: IdentityDep, personas: PersonasDep, settings: SettingsDep) -> RoleList:
-    """The personas the caller may use: built-in, from ROLES_FILE, and their own."""
-    entries = await personas.list(identity.user_id)
+async def roles(
+    identity: Annotated[Identity | None, Depends(optional_identity)], personas: PersonasDep, settings: SettingsDep
+) -> RoleList:
+    """The personas the caller may use: built-in, from ROLES_FILE, and their own. Public: with
+    ALLOW_ANONYMOUS=false and no key, the built-in and file ones."""
+    entries = await personas.list(identity.user_id if identity else None)
     return RoleList(
         roles=[
             RoleSummary(
