@@ -214,3 +214,14 @@ def test_a_card_imported_then_chatted_with_in_a_fresh_session(client: httpx.Clie
     session_id = start_session(client)
     chat(client, session_id, "Hi", role=key)
     assert model.requests[-1]["messages"][0]["content"] == V1_PROMPT
+
+
+def test_a_png_export_imports_back_too(client: httpx.Client) -> None:
+    made = client.post("/roles", json={"name": "Pixel 中", "system_prompt": "You live in a PNG."}).json()
+    response = client.get(f"/roles/{made['key']}/card", params={"format": "png"})
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    assert response.content.startswith(PNG_SIGNATURE)
+    assert "filename*=UTF-8''Pixel%20%E4%B8%AD.png" in response.headers["content-disposition"]
+    again = import_card(client, response.content, "image/png").json()
+    assert (again["name"], again["system_prompt"]) == ("Pixel 中", "You live in a PNG.")
+    assert client.get(f"/roles/{made['key']}/card", params={"format": "gif"}).status_code == 422

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Request, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 
-from personachat.cards import MAX_CARD_BYTES, parse_card_bytes
+from personachat.cards import MAX_CARD_BYTES, parse_card_bytes, png_with_card
 from personachat.errors import InvalidApiKey, InvalidCard, NotAuthenticated
 from personachat.identity import Identity
 from personachat.personas import PersonaDraft, card_of
@@ -96,10 +97,27 @@ async def delete_role(identity: IdentityDep, personas: PersonasDep, key: str) ->
     return PersonaDeleted(key=key)
 
 
-@router.get("/roles/{key}/card")
-async def role_card(identity: IdentityDep, personas: PersonasDep, key: str) -> dict[str, Any]:
-    """The persona as a Character Card V2 JSON document (it imports back to the same persona)."""
-    return card_of(await personas.get(identity.user_id, key))
+@router.get(
+    "/roles/{key}/card",
+    responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}},
+)
+async def role_card(
+    identity: IdentityDep,
+    personas: PersonasDep,
+    key: str,
+    format_: Annotated[
+        Literal["json", "png"], Query(alias="format", description="`png`: a PNG card (a `chara` tEXt chunk).")
+    ] = "json",
+) -> Any:
+    """The persona as a Character Card V2 JSON document (it imports back to the same persona);
+    with `format=png`, the same card inside a small PNG image, as SillyTavern shares them."""
+    entry = await personas.get(identity.user_id, key)
+    card: dict[str, Any] = card_of(entry)
+    if format_ == "json":
+        return card
+    filename = quote(f"{entry.persona.name}.png")
+    headers = {"Content-Disposition": f"attachment; filename*=UTF-8''{filename}"}
+    return Response(png_with_card(card), media_type="image/png", headers=headers)
 
 
 async def _bounded_body(request: Request) -> bytes:
