@@ -154,6 +154,15 @@ def test_garbage_is_422_naming_the_problem(client: httpx.Client, body: bytes, co
     assert [r["source"] for r in client.get("/roles").json()["roles"]].count("user") == 0
 
 
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "multipart/form-data; boundary=x", "application/x-www-form-urlencoded"]
+)
+def test_a_card_never_comes_as_a_form_type_a_foreign_page_could_send(client: httpx.Client, content_type: str) -> None:
+    response = import_card(client, orjson.dumps(V1), content_type)
+    assert response.status_code == 422 and "application/json" in response.json()["detail"]
+    assert [r["source"] for r in client.get("/roles").json()["roles"]].count("user") == 0
+
+
 def test_an_oversized_card_is_refused_by_its_content_length_before_it_is_read(service: Service) -> None:
     host, port = service.base_url.removeprefix("http://").split(":")
     started = time.monotonic()

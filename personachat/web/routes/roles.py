@@ -17,6 +17,11 @@ from personachat.web.persona_schemas import PersonaDeleted, PersonaOut, RoleList
 
 router = APIRouter(responses={**ERRORS, 403: ERRORS[404]}, tags=["personas"])
 
+# The types an HTML form on another site can send without a CORS preflight: a card never
+# comes as one of them, so refusing them keeps a cross-site form from importing into a
+# visitor's personas with their cookie (whatever the cross-site check of the middleware does).
+FORM_TYPES = {"text/plain", "multipart/form-data", "application/x-www-form-urlencoded"}
+
 CARD_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -74,7 +79,10 @@ async def create_role(identity: IdentityDep, personas: PersonasDep, body: Person
 async def import_role(identity: IdentityDep, personas: PersonasDep, request: Request) -> PersonaOut:
     """Create a persona from a character card (Character Card V2 or V1 JSON, or a PNG card
     sent as `Content-Type: image/png`). A card that cannot be read is 422 naming the problem."""
-    card = parse_card_bytes(await _bounded_body(request), request.headers.get("content-type", ""))
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() in FORM_TYPES:
+        raise InvalidCard("Send the card as Content-Type: application/json, or image/png for a PNG card.")
+    card = parse_card_bytes(await _bounded_body(request), content_type)
     return PersonaOut(**(await personas.import_card(identity.user_id, card)).as_dict())
 
 
