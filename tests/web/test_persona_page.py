@@ -81,6 +81,7 @@ def test_create_chat_edit_and_the_next_answer_follows_the_new_prompt(
     page.locator("#persona-save").click()
     expect(page.locator("#toast")).to_have_text("“Captain Flint” created.")
     expect(page.locator(".persona-item-name")).to_have_text(["Captain Flint"])
+    test_page.screenshot(page, "personas-desktop-list")
     page.locator("#personas-close").click()
     expect(editor(page)).to_be_hidden()
 
@@ -228,4 +229,33 @@ def test_the_editor_speaks_chinese(open_tab: Callable[..., Tab], service: Servic
     expect(page.locator("#personas-title")).to_have_text("我的角色")
     expect(page.locator("#persona-form-title")).to_have_text("新建角色")
     expect(page.locator("#persona-save")).to_have_text("保存")
+    tab.assert_clean()
+
+
+def test_the_editor_fits_a_phone(open_tab: Callable[..., Tab], service: Service) -> None:
+    tab = open_tab(service, viewport=test_page.PHONE, color_scheme="dark", is_mobile=True, has_touch=True)
+    page = tab.page
+    with tab.api() as client:
+        long_name = "A persona with a rather long name that wraps"
+        client.post("/roles", json={"name": long_name, "system_prompt": "p", "description": "d " * 100})
+    tab.reload()
+    page.locator("#personas-open").click()
+    expect(page.locator(".persona-item")).to_have_count(1)
+
+    def overflowing() -> list[str]:
+        result: list[str] = page.evaluate(
+            """() => [...document.querySelectorAll('#personas-dialog *')].filter((el) => {
+                   const box = el.getBoundingClientRect();
+                   return box.width > 0 && box.right > innerWidth + 1
+                     && !el.closest('.persona-item-description');
+               }).map((el) => el.className || el.tagName)"""
+        )
+        return result
+
+    assert overflowing() == []
+    test_page.screenshot(page, "personas-phone-list")
+    page.locator(".persona-edit").click()
+    expect(page.locator("#persona-form")).to_be_visible()
+    assert overflowing() == []
+    test_page.screenshot(page, "personas-phone-form")
     tab.assert_clean()
