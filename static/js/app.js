@@ -49,6 +49,7 @@ const state = {
   title: "",
   selectedRole: null,
   sessionRole: null, // the open session's persona, as the server last said
+  maxPersonas: 0,
   sending: false, // between pressing Enter and the stream opening (a new chat is being started)
   turn: null, // the answer this page is following: { sessionId, stream, answer, message, role, ... }
   loadToken: 0,
@@ -82,7 +83,12 @@ async function init() {
     onDelete: deleteSession,
     personaName,
   });
-  editor = new PersonaEditor({ roles: () => state.roles, onChange: refreshRoles, messageFor });
+  editor = new PersonaEditor({
+    roles: () => state.roles,
+    limit: () => state.maxPersonas,
+    onChange: refreshRoles,
+    messageFor,
+  });
   bindControls();
   try {
     await loadRoles();
@@ -143,6 +149,7 @@ async function loadRoles() {
   state.roles = data.roles;
   state.roleByKey = new Map(data.roles.map((role) => [role.key, role]));
   state.defaultRole = data.default_role;
+  state.maxPersonas = data.max_personas;
   ui.demoNote.hidden = !data.demo_model;
   renderRoles();
   selectRole(state.defaultRole);

@@ -49,9 +49,11 @@ async function importFile(file) {
 }
 
 export class PersonaEditor {
-  /** `roles()` gives the current /roles entries; `onChange(persona?)` reloads the page's menus. */
-  constructor({ roles, onChange, messageFor }) {
+  /** `roles()` gives the current /roles entries and `limit()` how many own ones a user may keep;
+   * `onChange(persona?)` reloads the page's menus. */
+  constructor({ roles, limit, onChange, messageFor }) {
     this.roles = roles;
+    this.limit = limit;
     this.onChange = onChange;
     this.messageFor = messageFor;
     this.editing = null; // the key being edited, or "" for a new persona
@@ -99,9 +101,22 @@ export class PersonaEditor {
     });
     ui.dialog.addEventListener("drop", (event) => {
       event.preventDefault();
+      event.stopPropagation();
       ui.drop.classList.remove("is-over");
       const file = event.dataTransfer?.files[0];
       if (file) this.import(file);
+    });
+    // A card dropped on the page itself opens the editor and is imported (rather than the
+    // browser leaving the chat to show the file).
+    document.addEventListener("dragover", (event) => {
+      if (event.dataTransfer?.types.includes("Files")) event.preventDefault();
+    });
+    document.addEventListener("drop", (event) => {
+      const file = event.dataTransfer?.files[0];
+      if (!file) return;
+      event.preventDefault();
+      this.open();
+      this.import(file);
     });
   }
 
@@ -120,7 +135,7 @@ export class PersonaEditor {
     const own = this.roles().filter((role) => role.source === "user");
     this.ui.list.replaceChildren(...own.map((role) => this.item(role)));
     this.ui.empty.hidden = own.length > 0;
-    this.ui.count.textContent = t("personasCount", { count: own.length });
+    this.ui.count.textContent = t("personasCount", { count: own.length, limit: this.limit() });
   }
 
   item(role) {

@@ -52,7 +52,7 @@ def fill_form(page: Page, name: str, prompt: str, welcome: str = "") -> None:
     page.locator("#persona-welcome").fill(welcome)
 
 
-def drop_file(page: Page, name: str, mime: str, content: bytes) -> None:
+def drop_file(page: Page, name: str, mime: str, content: bytes, target: str = "#personas-drop") -> None:
     transfer = page.evaluate_handle(
         """([name, type, data]) => {
             const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
@@ -62,9 +62,10 @@ def drop_file(page: Page, name: str, mime: str, content: bytes) -> None:
         }""",
         [name, mime, base64.b64encode(content).decode()],
     )
-    page.dispatch_event("#personas-drop", "dragover", {"dataTransfer": transfer})
-    expect(page.locator("#personas-drop")).to_have_class(re.compile(r"\bis-over\b"))
-    page.dispatch_event("#personas-drop", "drop", {"dataTransfer": transfer})
+    page.dispatch_event(target, "dragover", {"dataTransfer": transfer})
+    if target == "#personas-drop":
+        expect(page.locator(target)).to_have_class(re.compile(r"\bis-over\b"))
+    page.dispatch_event(target, "drop", {"dataTransfer": transfer})
 
 
 def test_create_chat_edit_and_the_next_answer_follows_the_new_prompt(
@@ -174,7 +175,7 @@ def test_cards_import_by_picker_and_by_drop_and_export(open_tab: Callable[..., T
     drop_file(page, "dropped.png", "image/png", png_with_card({**V1, "name": "Dropped PNG"}))
     expect(page.locator("#toast")).to_have_text("“Dropped PNG” imported.")
     expect(page.locator(".persona-item-name")).to_have_text(["Seraphina", "Old Tom", "Dropped JSON", "Dropped PNG"])
-    expect(page.locator("#personas-count")).to_have_text("(4 so far)")
+    expect(page.locator("#personas-count")).to_have_text("(4 of 100)")
 
     # Garbage is explained, and nothing is added.
     tab.allowed.append(re.compile("status of 422"))
@@ -192,6 +193,14 @@ def test_cards_import_by_picker_and_by_drop_and_export(open_tab: Callable[..., T
     exported = orjson.loads(path.read_bytes())
     assert exported["spec"] == "chara_card_v2" and exported["data"]["name"] == "Seraphina"
     assert exported["data"]["first_mes"] == "*Seraphina smiles at the user.* Welcome, traveller."
+
+    # Dropped on the page itself (the editor closed), a card opens the editor and is imported.
+    page.locator("#personas-close").click()
+    drop_file(page, "on-the-page.json", "application/json", orjson.dumps({**V1, "name": "Dropped on the page"}),
+              target="#conversation")  # fmt: skip
+    expect(editor(page)).to_be_visible()
+    expect(page.locator("#toast")).to_have_text("“Dropped on the page” imported.")
+    expect(page.locator(".persona-item")).to_have_count(5)
 
     # The imported card chats with its prompt and greets with its first message.
     page.locator("#personas-close").click()
