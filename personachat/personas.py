@@ -327,13 +327,27 @@ class PersonaResolver:
             raise ReadOnlyPersona()
 
 
+# Where each persona field comes from in a card, to name it when it is out of bounds.
+CARD_SOURCES = {
+    "name": "name",
+    "system_prompt": "system_prompt + description + personality + scenario + mes_example (the system prompt)",
+    "welcome_message": "first_mes (the welcome message)",
+    "description": "creator_notes",
+    "model": "extensions.personachat.model",
+    "temperature": "extensions.personachat.temperature",
+}
+
+
 def draft_from_card(card: dict[str, Any]) -> PersonaDraft:
     """The persona a card maps to (see personachat.cards); InvalidCard names a bad field."""
     fields = cards.card_fields(card)
     try:
         return PersonaDraft(**fields)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'card'}: {err['msg']}" for err in exc.errors())
+        problems = "; ".join(
+            f"{CARD_SOURCES.get(str(err['loc'][0]), 'card') if err['loc'] else 'card'}: {err['msg']}"
+            for err in exc.errors()
+        )
         raise InvalidCard(f"The card does not make a valid persona: {problems}.") from None
 
 

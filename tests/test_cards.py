@@ -138,7 +138,8 @@ BOMB = png(chunk(b"zTXt", b"chara\0\0" + zlib.compress(b"A" * 50_000_000, 9)))
         (orjson.dumps({"spec": "chara_card_v2", "data": {"name": " "}}), "application/json", "no name"),
         (orjson.dumps({"name": 7}), "application/json", "'name' must be text"),
         (orjson.dumps({"name": "x" * 81}), "application/json", "name"),
-        (orjson.dumps({"name": "Long", "first_mes": "x" * 5000}), "application/json", "welcome_message"),
+        (orjson.dumps({"name": "Long", "first_mes": "x" * 5000}), "application/json", "first_mes (the welcome"),
+        (orjson.dumps({"name": "Big", "description": "x" * 16_000}), "application/json", "(the system prompt)"),
         (
             orjson.dumps({"name": "Hot", "extensions": {"personachat": {"temperature": 9}}}),
             "application/json",
