@@ -88,6 +88,7 @@ class Settings(BaseSettings):
     # Personas.
     roles_file: Path | None = None
     default_role: str = "assistant"
+    max_personas_per_user: int = Field(100, ge=0, le=10_000)  # personas of one's own; 0: none
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"

@@ -25,13 +25,14 @@ from personachat.demo_model import DemoModel, RunningDemoModel
 from personachat.embedded_redis import EmbeddedRedis
 from personachat.identity import IdentityResolver
 from personachat.llm import ModelClient, create_openai_client
-from personachat.personas import load_catalog
+from personachat.personas import PersonaResolver, load_catalog
 from personachat.readers import TurnReaders
 from personachat.store.api_keys import ApiKeyStore
 from personachat.store.client import create_blocking_redis, create_redis
 from personachat.store.history import HistoryStore, Limits
 from personachat.store.keys import KeySpace
 from personachat.store.limits import IdentityLimits
+from personachat.store.personas import PersonaStore
 from personachat.store.turnlog import TurnLog
 from personachat.turns import TurnService
 from personachat.web.deps import Services
@@ -89,11 +90,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             keys = KeySpace(settings.redis_prefix)
             store = HistoryStore(redis, keys, Limits.from_settings(settings))
             turn_log = TurnLog(redis, keys, settings.turn_stream_ttl_seconds, blocking_redis)
+            own = PersonaStore(redis, keys, ttl_seconds=settings.history_ttl_seconds)
+            resolver = PersonaResolver(personas, own, max_per_user=settings.max_personas_per_user)
             turns = TurnService(
                 redis,
                 store,
                 turn_log,
-                personas,
+                resolver,
                 ModelClient(openai_client, model_name, settings.upstream_timeout_seconds),
                 max_message_chars=settings.max_message_chars,
                 turn_timeout=settings.turn_timeout_seconds,
@@ -109,7 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 limits=IdentityLimits(redis, keys, anonymous_per_minute=settings.anon_identities_per_minute),
             )
             readers = TurnReaders(turns, store, turn_log)
-            app.state.services = Services(settings, redis, store, turns, readers, api_keys, identity, personas)
+            app.state.services = Services(settings, redis, store, turns, readers, api_keys, identity, resolver)
             app.state.demo_model = settings.uses_demo_model
             turns.start_background()
             stack.enter_context(_on_exit_signal(turns.begin_shutdown))

@@ -2,7 +2,8 @@
 
     ChatError
     ├── InvalidRequest (422)            bad or missing input the schema could not catch
-    │   └── EmptyMessage (422)
+    │   ├── EmptyMessage (422)
+    │   └── InvalidCard (422)           a character card that cannot be read (names the problem)
     ├── MessageTooLong (413)
     ├── UnknownRole (400)               lists the valid keys
     ├── NotAuthenticated (401)          no identity, and anonymous identities are off
@@ -11,6 +12,9 @@
     ├── TurnNotFound (404)              a Last-Event-ID that names no turn of this session
     ├── TurnInProgress (409)            one turn at a time per session
     ├── RateLimited (429)               with Retry-After
+    ├── ReadOnlyPersona (403)           a built-in or file persona cannot be changed
+    ├── PersonaNotFound (404)           missing and other users' personas look the same
+    ├── TooManyPersonas (409)           MAX_PERSONAS_PER_USER reached
     ├── StoreUnavailable (503)          Redis unreachable
     ├── ServerShutdown (503)            the server is shutting down: new turns are refused
     └── UpstreamError                   the model failed; only ever sent as an `error` event
@@ -145,3 +149,31 @@ class UpstreamError(ChatError):
 class UpstreamTimeout(UpstreamError):
     def __init__(self, seconds: float) -> None:
         super().__init__("upstream_timeout", f"The model sent nothing for {seconds:g} seconds.")
+
+
+# -- personas of one's own ---------------------------------------------------------------
+
+
+class ReadOnlyPersona(ChatError):
+    status_code = 403
+    code = "read_only"
+    message = "Built-in and file personas cannot be changed; create a persona of your own."
+
+
+class PersonaNotFound(ChatError):
+    status_code = 404
+    code = "persona_not_found"
+    message = "No such persona of yours."
+
+
+class TooManyPersonas(ChatError):
+    status_code = 409
+    code = "too_many_personas"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"You have {limit} personas, the most one may keep; delete one first.")
+
+
+class InvalidCard(InvalidRequest):
+    code = "invalid_card"
+    message = "The character card cannot be read."

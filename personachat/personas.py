@@ -1,20 +1,38 @@
-"""Personas ("roles"): the built-in presets, plus an optional ROLES_FILE that adds or overrides them.
+"""Personas ("roles"): the built-in presets, an optional ROLES_FILE that adds or overrides
+them, and each user's own personas (kept in Redis by store/personas.py).
 
 A persona is a system prompt with a name and a description, and may pin its own model and
 temperature. The catalog is loaded once at start-up; a bad roles file stops start-up with
 a message naming the file and the problem, rather than failing on the first chat.
+
+`PersonaResolver` is what the routes and turns use: for one user, the catalog plus that
+user's own personas. Another user's persona does not exist for the caller. Own personas
+have server-chosen keys (`u-` and 12 hex digits) that no catalog persona has, so a key
+names one persona for a user; the catalog and built-ins are read-only.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from personachat.errors import UnknownRole
+from personachat import cards
+from personachat.errors import (
+    InvalidCard,
+    PersonaNotFound,
+    ReadOnlyPersona,
+    TooManyPersonas,
+    UnknownRole,
+)
+from personachat.store.personas import PersonaStore
 
 
 class Persona(BaseModel):
@@ -74,6 +92,9 @@ BUILT_IN: tuple[Persona, ...] = (
 )
 
 
+Source = Literal["builtin", "file", "user"]
+
+
 class PersonaFileError(Exception):
     """The roles file cannot be used; the message names the file and the problem."""
 
@@ -81,8 +102,9 @@ class PersonaFileError(Exception):
 class PersonaCatalog:
     """The personas available to this service, in display order."""
 
-    def __init__(self, personas: list[Persona], default_key: str) -> None:
+    def __init__(self, personas: list[Persona], default_key: str, from_file: set[str] | None = None) -> None:
         self._by_key = {persona.key: persona for persona in personas}
+        self._from_file = from_file or set()
         if default_key not in self._by_key:
             raise PersonaFileError(f"default role {default_key!r} is not a persona (have: {', '.join(self._by_key)})")
         self.default_key = default_key
@@ -93,6 +115,9 @@ class PersonaCatalog:
     @property
     def keys(self) -> list[str]:
         return list(self._by_key)
+
+    def source(self, key: str) -> Source:
+        return "file" if key in self._from_file else "builtin"
 
     def get(self, key: str | None) -> Persona:
         """The persona for `key` (the default when None); UnknownRole lists the valid keys."""
@@ -109,12 +134,14 @@ def load_catalog(roles_file: Path | None, default_key: str = "assistant") -> Per
     "default_role": key}`. A persona in the file with a built-in key replaces the preset.
     """
     personas = {persona.key: persona for persona in BUILT_IN}
+    file_keys: set[str] = set()
     if roles_file is not None:
         file_default, from_file = _read_roles_file(roles_file)
         personas.update({persona.key: persona for persona in from_file})
+        file_keys = {persona.key for persona in from_file}
         default_key = file_default or default_key
     try:
-        return PersonaCatalog(list(personas.values()), default_key)
+        return PersonaCatalog(list(personas.values()), default_key, file_keys)
     except PersonaFileError as exc:
         raise PersonaFileError(f"{roles_file or 'settings'}: {exc}") from None
 
@@ -151,3 +178,179 @@ def _read_roles_file(path: Path) -> tuple[str | None, list[Persona]]:
             )
             raise fail(f"role {key!r}: {problems}") from None
     return default_key, personas
+
+
+# -- personas of one's own -------------------------------------------------------------------
+
+OWN_KEY = re.compile(r"u-[0-9a-f]{12}")
+NAME_CHARS = 80
+SYSTEM_PROMPT_CHARS = 16_000
+DESCRIPTION_CHARS = 300
+WELCOME_CHARS = 4_000
+MODEL_CHARS = 100
+
+
+class PersonaDraft(BaseModel):
+    """What a user sends to create or replace a persona of their own (text is trimmed).
+
+    `model` is any model name for now; once the service lists its models (GET /models), it
+    will have to be one of them."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    name: str = Field(min_length=1, max_length=NAME_CHARS, description="Shown in the persona menu.")
+    system_prompt: str = Field(
+        min_length=1, max_length=SYSTEM_PROMPT_CHARS, description="The system message of every prompt."
+    )
+    description: str = Field("", max_length=DESCRIPTION_CHARS, description="One line for the persona menu.")
+    welcome_message: str = Field("", max_length=WELCOME_CHARS, description="Shown when a chat starts; not stored.")
+    model: str | None = Field(None, min_length=1, max_length=MODEL_CHARS, description="The model that answers.")
+    temperature: float | None = Field(None, ge=0, le=2)
+
+
+@dataclass(frozen=True)
+class PersonaEntry:
+    """A persona as one user sees it: where it comes from, and whether they may change it."""
+
+    persona: Persona
+    source: Source
+    editable: bool
+    created_at: str | None = None
+    updated_at: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **self.persona.model_dump(),
+            "source": self.source,
+            "editable": self.editable,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _entry(record: dict[str, Any]) -> PersonaEntry:
+    fields = {name: record.get(name) for name in PersonaDraft.model_fields}
+    # Validated when written (PersonaDraft); the key is the server's own.
+    persona = Persona.model_construct(
+        key=record["key"],
+        name=fields["name"] or record["key"],
+        description=fields["description"] or "",
+        system_prompt=fields["system_prompt"] or "",
+        welcome_message=fields["welcome_message"] or "",
+        model=fields["model"],
+        temperature=fields["temperature"],
+    )
+    return PersonaEntry(persona, "user", True, record.get("created_at"), record.get("updated_at"))
+
+
+class PersonaResolver:
+    """The personas of one user: the catalog's (read-only) and the user's own."""
+
+    def __init__(self, catalog: PersonaCatalog, store: PersonaStore, *, max_per_user: int) -> None:
+        self.catalog = catalog
+        self._store = store
+        self.max_per_user = max_per_user
+
+    @property
+    def default_key(self) -> str:
+        return self.catalog.default_key
+
+    async def list(self, user: str | None) -> list[PersonaEntry]:
+        """The catalog's personas in display order, then the user's own, oldest first."""
+        own = [_entry(record) for record in await self._store.list(user)] if user else []
+        shared = [PersonaEntry(p, self.catalog.source(p.key), False) for p in self.catalog]
+        return shared + own
+
+    async def resolve(self, user: str, key: str | None) -> Persona:
+        """The persona `key` names for `user` (the default when None); UnknownRole (400)
+        lists every key the user may use."""
+        if key is None or key in self.catalog.keys:
+            return self.catalog.get(key)
+        record = await self._store.get(user, key) if OWN_KEY.fullmatch(key) else None
+        if record is None:
+            own = [entry.persona.key for entry in await self.list(user) if entry.source == "user"]
+            raise UnknownRole(key, [*self.catalog.keys, *own])
+        return _entry(record).persona
+
+    async def for_session(self, user: str, key: str) -> Persona:
+        """The session's persona; the default one when it was deleted (or left the roles file)."""
+        try:
+            return await self.resolve(user, key or None)
+        except UnknownRole:
+            return self.catalog.get(None)
+
+    async def get(self, user: str, key: str) -> PersonaEntry:
+        if key in self.catalog.keys:
+            return PersonaEntry(self.catalog.get(key), self.catalog.source(key), False)
+        record = await self._store.get(user, key) if OWN_KEY.fullmatch(key) else None
+        if record is None:
+            raise PersonaNotFound()
+        return _entry(record)
+
+    async def create(self, user: str, draft: PersonaDraft) -> PersonaEntry:
+        now = _now()
+        for _ in range(5):
+            key = f"u-{secrets.token_hex(6)}"
+            if key in self.catalog.keys:
+                continue
+            record = {"key": key, **draft.model_dump(), "created_at": now, "updated_at": now}
+            status = await self._store.create(user, record, self.max_per_user)
+            if status == "full":
+                raise TooManyPersonas(self.max_per_user)
+            if status == "ok":
+                return _entry(record)
+        raise RuntimeError("no free persona key after 5 tries")  # 48 random bits: never in practice
+
+    async def replace(self, user: str, key: str, draft: PersonaDraft) -> PersonaEntry:
+        self._check_own(key)
+        record = {"key": key, **draft.model_dump(), "created_at": "", "updated_at": _now()}
+        stored = await self._store.replace(user, record) if OWN_KEY.fullmatch(key) else None
+        if stored is None:
+            raise PersonaNotFound()
+        return _entry(stored)
+
+    async def delete(self, user: str, key: str) -> None:
+        self._check_own(key)
+        if not (OWN_KEY.fullmatch(key) and await self._store.delete(user, key)):
+            raise PersonaNotFound()
+
+    async def import_card(self, user: str, card: dict[str, Any]) -> PersonaEntry:
+        """Create a persona from a character card (V2 or V1, already parsed from JSON or PNG)."""
+        return await self.create(user, draft_from_card(card))
+
+    def _check_own(self, key: str) -> None:
+        if key in self.catalog.keys:
+            raise ReadOnlyPersona()
+
+
+# Where each persona field comes from in a card, to name it when it is out of bounds.
+CARD_SOURCES = {
+    "name": "name",
+    "system_prompt": "system_prompt + description + personality + scenario + mes_example (the system prompt)",
+    "welcome_message": "first_mes (the welcome message)",
+    "description": "creator_notes",
+    "model": "extensions.personachat.model",
+    "temperature": "extensions.personachat.temperature",
+}
+
+
+def draft_from_card(card: dict[str, Any]) -> PersonaDraft:
+    """The persona a card maps to (see personachat.cards); InvalidCard names a bad field."""
+    fields = cards.card_fields(card)
+    try:
+        return PersonaDraft(**fields)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{CARD_SOURCES.get(str(err['loc'][0]), 'card') if err['loc'] else 'card'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise InvalidCard(f"The card does not make a valid persona: {problems}.") from None
+
+
+def card_of(entry: PersonaEntry) -> dict[str, Any]:
+    """The persona as a Character Card V2 document."""
+    return cards.to_card(entry.persona.model_dump())

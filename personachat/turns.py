@@ -46,7 +46,7 @@ from personachat.errors import (
     UpstreamError,
 )
 from personachat.llm import Completion, ModelClient
-from personachat.personas import Persona, PersonaCatalog
+from personachat.personas import Persona, PersonaResolver
 from personachat.store.client import Redis
 from personachat.store.history import HistoryStore, now_iso
 from personachat.store.turnlog import TurnLog, is_terminal
@@ -122,7 +122,7 @@ class TurnService:
         redis: Redis,
         store: HistoryStore,
         log: TurnLog,
-        personas: PersonaCatalog,
+        personas: PersonaResolver,
         model: ModelClient,
         *,
         max_message_chars: int,
@@ -159,7 +159,7 @@ class TurnService:
             raise EmptyMessage()
         if len(message) > self._max_message_chars:
             raise MessageTooLong(self._max_message_chars)
-        chosen = self._personas.get(request.role) if request.role is not None else None
+        chosen = await self._personas.resolve(request.user, request.role) if request.role is not None else None
         # Named before admission, so that a re-sent admission finds its own lease (see history.py).
         turn_id = secrets.token_hex(8)
         head = orjson.dumps({"type": "start", "session_id": request.session_id, "turn_id": turn_id, "role": ""})
@@ -171,7 +171,7 @@ class TurnService:
                 first_event_head=head[:-2],  # the admission appends the persona's key and '"}'
                 role=chosen.key if chosen else None,
                 default_role=self._personas.default_key,
-                known_roles=self._personas.keys,
+                known_roles=self._personas.catalog.keys,
             )
         except (StoreUnavailable, asyncio.CancelledError):
             # The admission may have been applied with its reply lost: give the lease back.
@@ -181,7 +181,9 @@ class TurnService:
             with contextlib.suppress(StoreUnavailable):
                 await self._store.release_turn(request.user, request.session_id, turn_id)
             raise ServerShutdown()
-        persona = self._personas.get(admission.role)
+        # A session whose persona was deleted (or left the roles file) goes on with the default;
+        # the admission wrote the key it found in the start event.
+        persona = chosen or await self._personas.for_session(request.user, admission.role)
         run = TurnRun(turn_id, request.user, request.session_id, persona)
         run.payloads.append(admission.first_event)
         run.flushed = 1

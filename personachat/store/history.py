@@ -42,10 +42,11 @@ COMMIT_ATTEMPTS = 4  # a turn's final commit rides over a short Redis outage (th
 # TURN_LEASE_SECONDS) and its entry in the user's running-turns zset (scored by the same
 # expiry). The running turn renews both; a dead turn's lease simply runs out.
 #
-# KEYS: session hash, lock, running zset, rate counter, messages list, turn stream
+# KEYS: session hash, lock, running zset, rate counter, messages list, turn stream, the user's
+#       own personas (a hash: the session's persona may be one of them)
 # ARGV: turn id, now ms, lease ms, max concurrent, rate limit, rate window ms, window size,
 #       stream ttl s, first event head, chosen role ('' for the session's), default role,
-#       then the known roles.
+#       then the known roles (the catalog's).
 # The turn id is chosen by the caller, so a re-sent admission (a reply lost, the client
 # retrying) finds its own lease and answers ok again instead of "busy" (and a turn id whose
 # stream exists is never admitted again). The first event
@@ -58,6 +59,7 @@ if role == '' then
   role = redis.call('HGET', KEYS[1], 'role') or ''
   local known = false
   for i = 12, #ARGV do if ARGV[i] == role then known = true end end
+  if not known and role ~= '' and redis.call('HEXISTS', KEYS[7], role) == 1 then known = true end
   if not known then role = ARGV[11] end
 end
 local function window()
@@ -394,9 +396,9 @@ class HistoryStore:
     ) -> Admission:
         """Atomically take the session's lease, write the turn's first event, read the prompt window.
 
-        The persona is `role`, else the session's own if it is one of `known_roles`, else
-        `default_role`; the first event is `first_event_head` + that key + '"}'. Safe to
-        repeat with the same `turn_id`. Raises SessionNotFound, TurnInProgress (409) or
+        The persona is `role`, else the session's own if it is one of `known_roles` or one of
+        the user's own personas, else `default_role`; the first event is `first_event_head` +
+        that key + '"}'. Safe to repeat with the same `turn_id`. Raises SessionNotFound, TurnInProgress (409) or
         RateLimited (429).
         """
         if not is_session_id(session_id):
@@ -409,6 +411,7 @@ class HistoryStore:
             self._keys.rate(user),
             self._keys.messages(user, session_id),
             self._keys.turn(user, session_id, turn_id),
+            self._keys.personas(user),
         ]
         args = [
             turn_id,

@@ -18,6 +18,10 @@ or outside the prefix.
     <prefix>:stops                        STR   a random token, replaced on every stop request
     <prefix>:anon:<client address>        STR   anonymous identities minted for it this minute
     <prefix>:stop-requests                (pub/sub channel) turn ids of stop requests
+
+Personas of one's own (store/personas.py), in the user's slot like the rest of their data:
+
+    <prefix>:{<user>}:personas            HASH  persona key -> the persona, JSON (with its times)
 """
 
 from __future__ import annotations
@@ -96,6 +100,11 @@ class KeySpace:
         """The pub/sub channel stop requests are published on (a channel, not a key)."""
         return f"{self.prefix}:stop-requests"
 
+    # -- personas of one's own (store/personas.py) ---------------------------------------
+
+    def personas(self, user: str) -> str:
+        return f"{self._user(user)}:personas"
+
     def all_keys_pattern(self) -> str:
         """A SCAN pattern matching every key of the service (and nothing outside the prefix)."""
         return f"{self.prefix}:*"
@@ -129,13 +138,15 @@ class KeySpace:
                 return KeyName(kind, user, session_id=session_id, turn_id=turn_id)
         if kind == "stop" and is_turn_id(tail):
             return KeyName(kind, user, turn_id=tail)
+        if kind == "personas" and not tail:  # personas of one's own
+            return KeyName(kind, user)
         return None
 
 
 @dataclass(frozen=True)
 class KeyName:
     """A key of the service, parsed: `kind` is the segment after the user tag (`s`, `m`,
-    `lock`, `t`, `stop`, `sessions`, `running`, `rate`), or `apikey` / `apikeys` / `anon`."""
+    `lock`, `t`, `stop`, `sessions`, `running`, `rate`, `personas`), or `apikey` / `apikeys` / `anon`."""
 
     kind: str
     user: str | None = None

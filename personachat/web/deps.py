@@ -13,7 +13,7 @@ from fastapi import Depends, Request
 
 from config import Settings
 from personachat.identity import Identity, IdentityResolver
-from personachat.personas import PersonaCatalog
+from personachat.personas import PersonaResolver
 from personachat.readers import TurnReaders
 from personachat.store.api_keys import ApiKeyStore
 from personachat.store.client import Redis
@@ -32,7 +32,7 @@ class Services:
     readers: TurnReaders
     api_keys: ApiKeyStore
     identity: IdentityResolver
-    personas: PersonaCatalog
+    personas: PersonaResolver
 
 
 async def get_services(request: Request) -> Services:
@@ -60,7 +60,7 @@ async def get_readers(services: ServicesDep) -> TurnReaders:
     return services.readers
 
 
-async def get_personas(services: ServicesDep) -> PersonaCatalog:
+async def get_personas(services: ServicesDep) -> PersonaResolver:
     return services.personas
 
 
@@ -78,6 +78,6 @@ IdentityDep = Annotated[Identity, Depends(get_identity)]
 StoreDep = Annotated[HistoryStore, Depends(get_store)]
 TurnsDep = Annotated[TurnService, Depends(get_turns)]
 ReadersDep = Annotated[TurnReaders, Depends(get_readers)]
-PersonasDep = Annotated[PersonaCatalog, Depends(get_personas)]
+PersonasDep = Annotated[PersonaResolver, Depends(get_personas)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MaintenanceDep = Annotated[Maintenance, Depends(get_maintenance)]

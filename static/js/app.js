@@ -2,12 +2,14 @@
 //
 // This module holds the page's state and wires the controls to it; the pieces it uses are
 // api.js (REST), stream.js (one turn's events), conversation.js (what is on screen),
-// sidebar.js (the chat list), saved.js (what survives a reload), feedback.js and i18n.js.
+// sidebar.js (the chat list), saved.js (what survives a reload), personas.js (the editor of
+// one's own personas), feedback.js and i18n.js.
 
 import { api } from "./api.js";
 import { Conversation, element } from "./conversation.js";
 import { confirm, copyText, toast } from "./feedback.js";
 import { applyTranslations, detectLanguage, hasKey, language, setLanguage, t } from "./i18n.js";
+import { PersonaEditor } from "./personas.js";
 import { pendingFor, savedSession, saveSession, setPending } from "./saved.js";
 import { Sidebar } from "./sidebar.js";
 import { streamTurn } from "./stream.js";
@@ -32,6 +34,7 @@ const ui = {
   input: $("composer-input"),
   personaSelect: $("persona-select"),
   personaDescription: $("persona-description"),
+  personaGone: $("persona-gone"),
   sendButton: $("send-button"),
   stopButton: $("stop-button"),
   languageSelect: $("language-select"),
@@ -45,6 +48,8 @@ const state = {
   sessionId: null,
   title: "",
   selectedRole: null,
+  sessionRole: null, // the open session's persona, as the server last said
+  maxPersonas: 0,
   sending: false, // between pressing Enter and the stream opening (a new chat is being started)
   turn: null, // the answer this page is following: { sessionId, stream, answer, message, role, ... }
   loadToken: 0,
@@ -52,6 +57,7 @@ const state = {
 
 let conversation;
 let sidebar;
+let editor;
 
 init();
 
@@ -76,6 +82,12 @@ async function init() {
     onOpen: (id) => openSession(id),
     onDelete: deleteSession,
     personaName,
+  });
+  editor = new PersonaEditor({
+    roles: () => state.roles,
+    limit: () => state.maxPersonas,
+    onChange: refreshRoles,
+    messageFor,
   });
   bindControls();
   try {
@@ -117,10 +129,14 @@ function bindControls() {
     showDraft();
   });
   ui.clearButton.addEventListener("click", () => clearSession());
+  $("personas-open").addEventListener("click", () => editor.open());
+  $("personas-open-start").addEventListener("click", () => editor.open());
+  $("persona-create-start").addEventListener("click", () => editor.openNew());
   ui.languageSelect.addEventListener("change", () => {
     setLanguage(ui.languageSelect.value, { remember: true });
     conversation.retranslate();
     sidebar.render();
+    renderRoles();
     updatePersonaUi();
     updateChrome();
   });
@@ -133,22 +149,59 @@ async function loadRoles() {
   state.roles = data.roles;
   state.roleByKey = new Map(data.roles.map((role) => [role.key, role]));
   state.defaultRole = data.default_role;
+  state.maxPersonas = data.max_personas;
   ui.demoNote.hidden = !data.demo_model;
-  ui.personaSelect.replaceChildren(
-    ...data.roles.map((role) => {
-      const option = element("option", "", role.name);
-      option.value = role.key;
-      return option;
-    }),
-  );
+  renderRoles();
+  selectRole(state.defaultRole);
+}
+
+/** After the editor changed the person's personas: reload them, and pick `persona` when given
+ * (one just made); a selected persona that was deleted falls back to the default. */
+async function refreshRoles(persona = null) {
+  const selected = persona?.key || state.selectedRole;
+  try {
+    await loadRoles();
+  } catch (error) {
+    toast(messageFor(error));
+    return;
+  }
+  selectRole(selected);
+  updateChrome();
+}
+
+function optionFor(role) {
+  const option = element("option", "", role.name);
+  option.value = role.key;
+  return option;
+}
+
+/** The persona menu (own personas in a group of their own) and the start screen's cards. */
+function renderRoles() {
+  const shared = state.roles.filter((role) => role.source !== "user");
+  const own = state.roles.filter((role) => role.source === "user");
+  const groups = [];
+  if (own.length) {
+    const sharedGroup = element("optgroup");
+    sharedGroup.label = t("sharedPersonas");
+    sharedGroup.append(...shared.map(optionFor));
+    const ownGroup = element("optgroup");
+    ownGroup.label = t("yourPersonas");
+    ownGroup.append(...own.map(optionFor));
+    groups.push(sharedGroup, ownGroup);
+  } else {
+    groups.push(...shared.map(optionFor));
+  }
+  ui.personaSelect.replaceChildren(...groups);
+  if (state.selectedRole) ui.personaSelect.value = state.selectedRole;
   ui.cards.replaceChildren(
-    ...data.roles.map((role) => {
-      const card = element("button", "persona-card");
+    ...state.roles.map((role) => {
+      const card = element("button", `persona-card${role.source === "user" ? " persona-card-own" : ""}`);
       card.type = "button";
       card.dataset.role = role.key;
       card.append(element("span", "persona-card-avatar", role.name.charAt(0).toUpperCase()),
         element("span", "persona-card-name", role.name), element("span", "persona-card-description", role.description));
       card.firstChild.setAttribute("aria-hidden", "true");
+      if (role.source === "user") card.append(element("span", "persona-card-badge", t("yours")));
       card.addEventListener("click", () => {
         selectRole(role.key);
         ui.input.focus();
@@ -156,11 +209,15 @@ async function loadRoles() {
       return card;
     }),
   );
-  selectRole(state.defaultRole);
+  for (const card of ui.cards.children) {
+    card.setAttribute("aria-pressed", String(card.dataset.role === state.selectedRole));
+  }
 }
 
 function personaName(key) {
-  return state.roleByKey.get(key)?.name || key || "";
+  const role = state.roleByKey.get(key);
+  if (role) return role.name;
+  return /^u-[0-9a-f]{12}$/.test(key || "") ? t("deletedPersona") : key || ""; // one's own, since deleted
 }
 
 /** The persona for the next message (sent as `role` with it). */
@@ -177,6 +234,10 @@ function updatePersonaUi() {
   for (const card of ui.cards.children) {
     card.setAttribute("aria-pressed", String(card.dataset.role === state.selectedRole));
   }
+  // A chat whose persona was deleted goes on with the default one: say so.
+  const gone = Boolean(state.sessionId && state.sessionRole && !state.roleByKey.has(state.sessionRole));
+  ui.personaGone.hidden = !gone;
+  ui.personaGone.textContent = gone ? t("personaGone", { name: personaName(state.defaultRole) }) : "";
 }
 
 // -- sessions ------------------------------------------------------------------------------
@@ -205,6 +266,7 @@ function showDraft() {
   detachTurn();
   state.loadToken += 1;
   state.sessionId = null;
+  state.sessionRole = null;
   state.title = "";
   saveSession(null);
   conversation.clear();
@@ -243,6 +305,7 @@ async function openSession(id, { restoring = false } = {}) {
   }
   if (token !== state.loadToken) return;
   state.sessionId = id;
+  state.sessionRole = history.role;
   state.title = history.title || "";
   saveSession(id);
   conversation.clear();
@@ -350,6 +413,7 @@ async function send(message, role, userRow = null) {
       const started = await api.start(role);
       sessionId = started.session_id;
       state.sessionId = sessionId;
+      state.sessionRole = started.role;
       state.title = "";
       saveSession(sessionId);
       sidebar.setCurrent(sessionId);
@@ -391,6 +455,8 @@ function handlersFor(turn) {
       if (!current()) return;
       turn.turnId = event.turn_id;
       turn.answer.setPersona(personaName(event.role));
+      state.sessionRole = event.role;
+      updatePersonaUi();
       if (turn.message !== null) setPending(turn.sessionId, { message: turn.message, role: turn.role, turnId: event.turn_id });
       if (turn.stopRequested) api.stop(turn.sessionId).catch(() => {});
       refreshSessions();

@@ -30,6 +30,8 @@ history_app = typer.Typer(help="Delete a user's conversations.", no_args_is_help
 app.add_typer(keys_app, name="keys")
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(history_app, name="history")
+personas_app = typer.Typer(help="List, export, import and delete a user's own personas.", no_args_is_help=True)
+app.add_typer(personas_app, name="personas")
 
 
 def main() -> None:
@@ -37,7 +39,13 @@ def main() -> None:
 
 
 # The command modules register themselves on the apps above.
-from personachat.admin.cli import cleanup, keys, sessions, transfer  # noqa: E402, F401
+from personachat.admin.cli import (  # noqa: E402, F401
+    cleanup,
+    keys,
+    personas,
+    sessions,
+    transfer,
+)
 
 if __name__ == "__main__":
     main()

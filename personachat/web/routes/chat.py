@@ -32,7 +32,7 @@ async def start_chat(
     identity: IdentityDep, store: StoreDep, personas: PersonasDep, body: Annotated[StartRequest | None, Body()] = None
 ) -> StartResponse:
     """Start a session with a persona (the default one when no body is sent)."""
-    persona = personas.get(body.role if body else None)
+    persona = await personas.resolve(identity.user_id, body.role if body else None)
     session = await store.create_session(identity.user_id, persona.key, body.title if body else None)
     return StartResponse(
         session_id=session.session_id,
