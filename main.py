@@ -38,7 +38,7 @@ from personachat.turns import TurnService
 from personachat.web.deps import Services
 from personachat.web.errors import install_error_handlers
 from personachat.web.middleware import ServiceMiddleware
-from personachat.web.routes import router
+from personachat.web.routes import BOUNDED_BY_THEIR_ROUTE, router
 from personachat.web.routes.ops import PAGE_CSP, STATIC_DIR
 from personachat.web.schemas import install_openapi
 
@@ -157,6 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         cors_origins=settings.cors_origins,
         html_csp=PAGE_CSP,
         max_body_bytes=settings.resolved_max_body_bytes,
+        own_body_bounds=BOUNDED_BY_THEIR_ROUTE,
     )
     install_error_handlers(app)
     install_openapi(app, personas.keys, settings.max_message_chars)

@@ -132,11 +132,12 @@ class ServiceMiddleware:
         cors_origins: Iterable[str] = (),
         html_csp: str | None = None,
         max_body_bytes: int,
+        own_body_bounds: Iterable[str] = (),
     ) -> None:
         self.app = app
         # Hook (personachat.web.limits, .errors): the body limit in front of the app, and the
         # one place an unhandled error is logged and answered.
-        self._limited = BodyLimit(app, max_body_bytes)
+        self._limited = BodyLimit(app, max_body_bytes, own_body_bounds)
         self.cookie_name = cookie_name
         self.cookie_max_age = cookie_max_age
         self.hosts = HostPolicy(allowed_hosts)
