@@ -190,6 +190,10 @@ WELCOME_CHARS = 4_000
 MODEL_CHARS = 100
 
 
+# Text is trimmed before its length is checked: the schema says that blank text is refused.
+_NOT_BLANK: dict[str, Any] = {"pattern": r"\S"}
+
+
 class PersonaDraft(BaseModel):
     """What a user sends to create or replace a persona of their own (text is trimmed).
 
@@ -198,14 +202,21 @@ class PersonaDraft(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    name: str = Field(min_length=1, max_length=NAME_CHARS, description="Shown in the persona menu.")
+    name: str = Field(
+        min_length=1, max_length=NAME_CHARS, description="Shown in the persona menu.", json_schema_extra=_NOT_BLANK
+    )
     system_prompt: str = Field(
-        min_length=1, max_length=SYSTEM_PROMPT_CHARS, description="The system message of every prompt."
+        min_length=1,
+        max_length=SYSTEM_PROMPT_CHARS,
+        description="The system message of every prompt.",
+        json_schema_extra=_NOT_BLANK,
     )
     description: str = Field("", max_length=DESCRIPTION_CHARS, description="One line for the persona menu.")
     welcome_message: str = Field("", max_length=WELCOME_CHARS, description="Shown when a chat starts; not stored.")
-    model: str | None = Field(None, min_length=1, max_length=MODEL_CHARS, description="The model that answers.")
-    temperature: float | None = Field(None, ge=0, le=2)
+    model: str | None = Field(
+        None, min_length=1, max_length=MODEL_CHARS, description="The model that answers.", json_schema_extra=_NOT_BLANK
+    )
+    temperature: float | None = Field(None, ge=0, le=2, strict=True)  # true is not a temperature
 
 
 @dataclass(frozen=True)

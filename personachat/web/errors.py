@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import http
 import logging
+from collections.abc import Iterator
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -81,22 +83,31 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def allowed_methods(app: ASGIApp, scope: Scope) -> list[str]:
-    """Every method some route of this path answers (Starlette's 405 names only the first route's)."""
-    methods: set[str] = set()
+    """Every method some route of this path answers (Starlette's 405 names only the first route's).
+
+    A path that a route names literally (`/roles/import`) is that route's alone, as in the
+    OpenAPI schema, even where a template (`/roles/{key}`) would match it too."""
+    literal: set[str] = set()
+    templated: set[str] = set()
+    for route, methods in _matching_routes(app, scope):
+        (templated if "{" in getattr(route, "path", "{") else literal).update(methods)
+    order = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    return sorted(literal or templated, key=lambda method: order.index(method) if method in order else len(order))
+
+
+def _matching_routes(app: ASGIApp, scope: Scope) -> Iterator[tuple[Any, set[str]]]:
     for route in getattr(app, "routes", []):
         included = getattr(route, "original_router", None)  # FastAPI's include_router() (no prefix here)
         if included is not None:
-            methods |= set(allowed_methods(included, scope))
+            yield from _matching_routes(included, scope)
             continue
         match, _ = route.matches(scope)  # PARTIAL: the path matches, the method does not
         if match == Match.NONE:
             continue
         if isinstance(route, Mount):
-            methods |= {"GET", "HEAD"}  # the static files mount
+            yield route, {"GET", "HEAD"}  # the static files mount
         else:
-            methods |= set(getattr(route, "methods", None) or ())
-    order = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-    return sorted(methods, key=lambda method: order.index(method) if method in order else len(order))
+            yield route, set(getattr(route, "methods", None) or ())
 
 
 async def unhandled(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:

@@ -13,15 +13,18 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from tests.conftest import ROOT, Service
 
+CONFIG = Path(__file__).with_name("schemathesis.toml")
 SEED = "246767521268177408395400424585917470224"
 
 
 def test_every_operation_answers_as_its_schema_says(make_service: Callable[..., Service]) -> None:
     service = make_service(rate_limit_per_minute=0)
-    command = [sys.executable, "-m", "schemathesis.cli", "run", service.base_url + "/openapi.json"]
+    command = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(CONFIG), "run"]
+    command += [service.base_url + "/openapi.json"]
     command += ["--max-examples", "30", "--seed", SEED, "--request-timeout", "10", "--no-color"]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.web.schemathesis_hooks", "PYTHONPATH": str(ROOT)}
     run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)

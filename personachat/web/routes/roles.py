@@ -22,13 +22,33 @@ router = APIRouter(responses={**ERRORS, 403: ERRORS[404]}, tags=["personas"])
 # visitor's personas with their cookie (whatever the cross-site check of the middleware does).
 FORM_TYPES = {"text/plain", "multipart/form-data", "application/x-www-form-urlencoded"}
 
+# What the import reads of a card (cards.card_fields): text fields, the name required.
+_TEXT: dict[str, Any] = {"type": ["string", "null"]}
+CARD_FIELDS: dict[str, Any] = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {
+        "name": {"type": "string", "pattern": r"\S", "maxLength": 80},
+        "first_mes": {"type": ["string", "null"], "maxLength": 4_000},
+        **{field: _TEXT for field in ("description", "personality", "scenario", "mes_example", "system_prompt")},
+        "creator_notes": _TEXT,
+    },
+}
+CARD_V2: dict[str, Any] = {
+    "title": "Character Card V2",
+    "type": "object",
+    "required": ["spec", "data"],
+    "properties": {"spec": {"enum": ["chara_card_v2", "chara_card_v3"]}, "data": CARD_FIELDS},
+}
+CARD_V1: dict[str, Any] = {"title": "Character Card V1 (flat)", "allOf": [CARD_FIELDS, {"not": {"required": ["spec"]}}]}
+
 CARD_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "description": f"A character card: V2 or V1 JSON, or a PNG with a 'chara' text chunk; at most "
         f"{MAX_CARD_BYTES // (1024 * 1024)} MB.",
         "content": {
-            "application/json": {"schema": {"type": "object"}},
+            "application/json": {"schema": {"anyOf": [CARD_V2, CARD_V1]}},
             "image/png": {"schema": {"type": "string", "format": "binary"}},
         },
     }
