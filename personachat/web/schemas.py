@@ -107,18 +107,6 @@ class StopResponse(BaseModel):
     stopped: bool
 
 
-class RoleInfo(BaseModel):
-    key: str
-    name: str
-    description: str
-
-
-class RolesResponse(BaseModel):
-    roles: list[RoleInfo]
-    default_role: str
-    demo_model: bool = Field(description="True when the built-in offline demo model answers (no model configured).")
-
-
 class ErrorResponse(BaseModel):
     code: str = Field(description="Stable machine-readable code, e.g. session_not_found.")
     detail: str = Field(description="Human-readable message.")
