@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,7 +51,7 @@ def clean_title(text: str) -> str:
     """The model's answer as a title: its first non-empty line, without quotes, markdown
     or a trailing period, at most TITLE_CHARS characters; "" when nothing is left."""
     line = next((line for line in text.splitlines() if line.strip()), "")
-    line = line.strip().strip("#*_`").strip()
+    line = re.sub(r"[*_`#]+", "", line).strip()  # markdown emphasis and headings
     if line.lower().startswith("title:"):
         line = line[6:].strip()
     line = line.strip("\"'“”‘’「」『』").strip().rstrip(".。")

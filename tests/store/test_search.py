@@ -13,8 +13,8 @@ import orjson
 import pytest
 
 from personachat.store.client import Redis, create_redis
-from personachat.store.search import SessionSearch
 from personachat.store.keys import KeySpace
+from personachat.store.search import SessionSearch
 from tests.conftest import Service, chat, start_session
 from tests.servers import RedisProcess
 
@@ -104,11 +104,13 @@ async def redis(redis_server: RedisProcess) -> AsyncIterator[Redis]:
 async def test_500_sessions_of_100_messages_are_searched_in_well_under_a_second(redis: Redis) -> None:
     keys = KeySpace("test" + secrets.token_hex(4))
     user = "heavy"
-    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu"]
     async with redis.pipeline(transaction=False) as pipe:
         for n in range(500):
             sid = secrets.token_hex(16)
-            pipe.hset(keys.session(user, sid), mapping={"role": "assistant", "title": f"chat {n}", "last_activity": "x"})
+            pipe.hset(
+                keys.session(user, sid), mapping={"role": "assistant", "title": f"chat {n}", "last_activity": "x"}
+            )
             pipe.zadd(keys.sessions(user), {sid: n})
             messages = []
             for m in range(100):
@@ -131,6 +133,9 @@ async def test_500_sessions_of_100_messages_are_searched_in_well_under_a_second(
     common, total = await search.search(user, "Gamma", 20)  # a word of every message: every session
     broad = time.perf_counter() - started
     assert total == 500 and len(common) == 20
-    print(f"search of 500 sessions x 100 messages: {min(timings) * 1000:.0f} ms (rare word), {broad * 1000:.0f} ms (common word)")
+    print(
+        f"search of 500 sessions x 100 messages: {min(timings) * 1000:.0f} ms (rare word),"
+        f" {broad * 1000:.0f} ms (common word)"
+    )
     assert min(timings) < 1.0 and broad < 2.0
     await redis.delete(*[key async for key in redis.scan_iter(match=keys.all_keys_pattern(), count=1000)])
