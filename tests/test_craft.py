@@ -216,13 +216,20 @@ def test_patch_renames_and_changes_persona_and_model(client: httpx.Client, model
 
 @pytest.mark.parametrize(
     ("body", "status"),
-    [({}, 422), ({"title": ""}, 422), ({"title": "   "}, 422), ({"title": "x" * 201}, 422), ({"role": "nope"}, 400),
+    [({"title": ""}, 422), ({"title": "   "}, 422), ({"title": "x" * 201}, 422), ({"role": "nope"}, 400),
      ({"model": ""}, 422), ({"other": 1}, 422)],
 )  # fmt: skip
 def test_patch_refuses_bad_bodies(client: httpx.Client, body: dict[str, Any], status: int) -> None:
     session_id = start_session(client)
     response = client.patch(f"/chat/sessions/{session_id}", json=body)
     assert response.status_code == status and {"code", "detail"} <= set(response.json())
+
+
+def test_an_empty_patch_changes_nothing_and_answers_the_summary(client: httpx.Client) -> None:
+    session_id = start_session(client, title="Kept")
+    for body in ({}, {"title": None, "role": None, "model": None}):
+        response = client.patch(f"/chat/sessions/{session_id}", json=body)
+        assert response.status_code == 200 and response.json()["title"] == "Kept"
 
 
 def test_patch_of_another_users_or_a_missing_session_is_404(client: httpx.Client, service: Service) -> None:
@@ -233,3 +240,14 @@ def test_patch_of_another_users_or_a_missing_session_is_404(client: httpx.Client
     assert client.patch("/chat/sessions/" + "0" * 32, json={"title": "x"}).status_code == 404
     assert client.patch("/chat/sessions/nope", json={"title": "x"}).status_code == 404
     assert client.get("/chat/sessions").json()["sessions"][0]["title"] == "mine"
+
+
+def test_rewriting_the_first_message_renames_a_chat_named_by_it_but_never_a_chosen_title(client: httpx.Client) -> None:
+    named_by_message = start_session(client)
+    first = turn_of(chat(client, named_by_message, "old first words"))
+    send(client, named_by_message, "new first words", from_turn=first)
+    chosen = start_session(client, title="Chosen")
+    first = turn_of(chat(client, chosen, "old first words"))
+    send(client, chosen, "new first words", from_turn=first)
+    titles = {s["session_id"]: s["title"] for s in client.get("/chat/sessions").json()["sessions"]}
+    assert titles == {named_by_message: "new first words", chosen: "Chosen"}

@@ -168,7 +168,10 @@ if m > 0 then
   local from_turn = ARGV[14 + n + m] or ''
   if from_turn ~= '' then
     local cut = find_turn(KEYS[2], from_turn)
-    if cut == 0 then redis.call('DEL', KEYS[2])
+    if cut == 0 then
+      redis.call('DEL', KEYS[2])
+      -- The first message was rewritten: a title that was that message follows it.
+      if redis.call('HGET', KEYS[1], 'title_source') == 'first' then redis.call('HSET', KEYS[1], 'title', ARGV[12]) end
     elseif cut then redis.call('LTRIM', KEYS[2], 0, cut - 1) end
   end
   redis.call('RPUSH', KEYS[2], unpack(ARGV, 14 + n, 13 + n + m))

@@ -143,7 +143,7 @@ def install_openapi(app: FastAPI, role_keys: list[str], max_message_chars: int) 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = build()
-            for name in ("StartRequest", "StreamRequest"):
+            for name in ("StartRequest", "StreamRequest", "SessionPatch"):
                 properties = schema["components"]["schemas"][name]["properties"]
                 properties["role"] = _nullable_choice(properties["role"], role_keys)
                 if "message" in properties:

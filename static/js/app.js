@@ -546,6 +546,8 @@ function handlersFor(turn) {
       if (stopped) conversation.announce(t("stoppedAnnounce"));
       setPending(turn.sessionId, null);
       refreshSessions();
+      // A first answer may be followed by an automatic title (AUTO_TITLE): look again soon.
+      if (ui.messages.querySelectorAll(".message-user").length === 1) setTimeout(refreshSessions, 6000);
     },
     onError(error) {
       if (!current()) return;

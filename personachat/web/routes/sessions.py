@@ -7,7 +7,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from personachat.errors import InvalidRequest
 from personachat.web.craft_schemas import SearchResponse, SearchResult, SessionPatch
 from personachat.web.deps import IdentityDep, MaintenanceDep, PersonasDep, SearchDep, StoreDep
 from personachat.web.params import ERRORS
@@ -49,9 +48,8 @@ async def update_session(
     """Change the session's `title` (an automatic title never replaces it), `role` (a persona
     the caller may use: 400 otherwise) or `model`; answers the session's summary.
 
-    `model` is stored as given and used by the session's next turns."""
-    if body.title is None and body.role is None and body.model is None:
-        raise InvalidRequest("Send at least one of 'title', 'role' and 'model'.")
+    `model` is stored as given and used by the session's next turns. Fields left out (or
+    null) stay as they are: an empty body changes nothing and answers the summary."""
     role = (await personas.resolve(identity.user_id, body.role)).key if body.role is not None else None
     title = body.title.strip() if body.title is not None else None
     session = await store.update_session(identity.user_id, session_id, title=title, role=role, model=body.model)
