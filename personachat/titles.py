@@ -17,10 +17,11 @@ are no titles.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any, cast
 
 from personachat.errors import ChatError
 from personachat.llm import Completion, ModelClient
@@ -82,11 +83,14 @@ class Titles:
             if not await self._store.claim_auto_title(user, session_id):
                 return  # the user named it, or a title was asked for already
             pieces: list[str] = []
-            async with asyncio.timeout(self._timeout):
-                async for text in self._model.stream(title_prompt(messages), Completion(), model=model):
+            # An async generator (annotated as an iterator): closed when left, so a title read
+            # only in part ends its request at once.
+            stream = cast(AsyncGenerator[str], self._model.stream(title_prompt(messages), Completion(), model=model))
+            async with asyncio.timeout(self._timeout), contextlib.aclosing(stream):
+                async for text in stream:
                     pieces.append(text)
                     if sum(map(len, pieces)) > 4 * TITLE_CHARS:
-                        break  # a title is a line: the rest is not read
+                        break  # a title is a line: the rest is not read (aclosing ends the request)
             title = clean_title("".join(pieces))
             if title:
                 await self._store.store_auto_title(user, session_id, title)
