@@ -4,12 +4,18 @@ model's recorded prompts."""
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
+from personachat.store.client import create_redis
+from personachat.store.history import HistoryStore, Limits
+from personachat.store.keys import KeySpace
 from tests.conftest import FakeModel, Service, chat, history, start_session
+from tests.servers import RedisProcess
 from tests.sse import Event, answer_text, collect, iter_events
 
 LONG = "[[chunks=80]] [[delay_ms=25]]"  # about 2 s of answer
@@ -251,3 +257,53 @@ def test_rewriting_the_first_message_renames_a_chat_named_by_it_but_never_a_chos
     send(client, chosen, "new first words", from_turn=first)
     titles = {s["session_id"]: s["title"] for s in client.get("/chat/sessions").json()["sessions"]}
     assert titles == {named_by_message: "new first words", chosen: "Chosen"}
+
+
+# -- the store's scripts: repeated, as redis-py's retry repeats them after a lost reply -------
+
+
+@pytest.fixture
+async def store(redis_server: RedisProcess) -> AsyncIterator[HistoryStore]:
+    client = create_redis(redis_server.url)
+    yield HistoryStore(client, KeySpace("test" + secrets.token_hex(4)), Limits(20, 100, 3600, 5000, 600, 4, 100))
+    await client.aclose()
+
+
+async def store_turn(store: HistoryStore, session_id: str, text: str, **options: Any) -> tuple[str, str]:
+    turn = secrets.token_hex(8)
+    admission = await store.admit_turn(
+        "u", session_id, turn, first_event_head=b'{"r":"', role=None, default_role="a", known_roles=["a"], **options
+    )
+    if admission.duplicate_of:
+        return admission.duplicate_of, "duplicate"
+    again = await store.admit_turn(  # the same admission sent twice: admitted once, not a duplicate of itself
+        "u", session_id, turn, first_event_head=b'{"r":"', role=None, default_role="a", known_roles=["a"], **options
+    )
+    assert again.duplicate_of is None and again.window == admission.window
+    messages = [{"role": "user", "content": text, "turn_id": turn}, {"role": "assistant", "content": "A " + text}]
+    kwargs = {"first_seq": 2, "payloads": [b'{"type":"end"}'], "messages": messages, "role": "a", "title": text}
+    first = await store.commit_turn(
+        "u", session_id, turn, **kwargs, lost_payload=b"{}", from_turn=options.get("from_turn")
+    )
+    second = await store.commit_turn(
+        "u", session_id, turn, **kwargs, lost_payload=b"{}", from_turn=options.get("from_turn")
+    )
+    assert (first, second) == ("ok", "done")
+    return turn, first
+
+
+async def test_a_rewrite_committed_twice_cuts_and_appends_once(store: HistoryStore) -> None:
+    session = await store.create_session("u", "a", None)
+    turns = [(await store_turn(store, session.session_id, text))[0] for text in ("one", "two", "three")]
+    await store_turn(store, session.session_id, "TWO", from_turn=turns[1])
+    _, messages = await store.messages("u", session.session_id)
+    assert [m["content"] for m in messages] == ["one", "A one", "TWO", "A TWO"]
+
+
+async def test_a_client_message_id_is_bound_by_the_admission_and_answers_its_turn(store: HistoryStore) -> None:
+    session = await store.create_session("u", "a", None)
+    turn, status = await store_turn(store, session.session_id, "hi", client_message_id="c-1")
+    assert status == "ok"
+    assert await store_turn(store, session.session_id, "hi", client_message_id="c-1") == (turn, "duplicate")
+    _, messages = await store.messages("u", session.session_id)
+    assert len(messages) == 2
