@@ -83,6 +83,8 @@ def test_regenerate_replaces_the_last_answer(open_tab: Callable[..., Tab], servi
     assert [m["content"] for m in after[:3]] == [m["content"] for m in before[:3]]
     assert len(after) == 4 and after[3]["turn_id"] != before[3]["turn_id"]
     assert "**2**" in after[3]["content"]  # the model saw the two messages before the turn
+    tab.page.locator(".message-user").last.hover()
+    test_page.screenshot(tab.page, f"craft-regenerate-{locale}")
     tab.assert_clean()
 
 
@@ -197,6 +199,7 @@ def test_a_chat_is_found_by_a_word_from_its_middle_with_the_keyboard(
     expect(results).to_have_count(1)
     expect(results.first.locator(".search-title")).to_have_text("Kyoto trip")
     expect(results.first.locator(".search-snippet mark")).to_have_text("Philosopher")
+    test_page.screenshot(page, f"craft-search-{locale}")
     expect(page.locator(".session-list")).to_be_hidden()
     search.fill("e")  # a letter of every chat: two results, the newest first
     expect(results).to_have_count(2)
