@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     default_role: str = "assistant"
     max_personas_per_user: int = Field(100, ge=0, le=10_000)  # personas of one's own; 0: none
 
+    # Automatic session titles (titles.py); unset: on with a real model, off with the demo model.
+    auto_title: bool | None = None
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
 
@@ -154,6 +157,12 @@ class Settings(BaseSettings):
     def uses_demo_model(self) -> bool:
         """True when no model is configured, so the built-in offline demo model answers."""
         return self.openai_api_key is None and self.openai_base_url is None
+
+    @property
+    def auto_titles(self) -> bool:
+        """Whether sessions get a title from the model (never from the offline demo model,
+        which names chats by their first message)."""
+        return not self.uses_demo_model and self.auto_title is not False
 
     @property
     def trusted_hosts(self) -> list[str]:

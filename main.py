@@ -34,6 +34,7 @@ from personachat.store.keys import KeySpace
 from personachat.store.limits import IdentityLimits
 from personachat.store.personas import PersonaStore
 from personachat.store.turnlog import TurnLog
+from personachat.titles import Titles
 from personachat.turns import TurnService
 from personachat.web.deps import Services
 from personachat.web.errors import install_error_handlers
@@ -92,16 +93,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             turn_log = TurnLog(redis, keys, settings.turn_stream_ttl_seconds, blocking_redis)
             own = PersonaStore(redis, keys, ttl_seconds=settings.history_ttl_seconds)
             resolver = PersonaResolver(personas, own, max_per_user=settings.max_personas_per_user)
+            model_client = ModelClient(openai_client, model_name, settings.upstream_timeout_seconds)
+            titles = Titles(store, model_client) if settings.auto_titles else None
             turns = TurnService(
                 redis,
                 store,
                 turn_log,
                 resolver,
-                ModelClient(openai_client, model_name, settings.upstream_timeout_seconds),
+                model_client,
                 max_message_chars=settings.max_message_chars,
                 turn_timeout=settings.turn_timeout_seconds,
                 max_turn_events=settings.max_turn_events,
                 max_answer_chars=settings.max_answer_chars,
+                titles=titles,
             )
             api_keys = ApiKeyStore(redis, keys)
             identity = IdentityResolver(

@@ -40,6 +40,7 @@ from personachat import metrics
 from personachat.errors import (
     ChatError,
     EmptyMessage,
+    InvalidRequest,
     MessageTooLong,
     ServerShutdown,
     StoreUnavailable,
@@ -49,7 +50,9 @@ from personachat.llm import Completion, ModelClient
 from personachat.personas import Persona, PersonaResolver
 from personachat.store.client import Redis
 from personachat.store.history import HistoryStore, now_iso
+from personachat.store.keys import is_client_message_id
 from personachat.store.turnlog import TurnLog, is_terminal
+from personachat.titles import Titles
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +73,20 @@ class TurnRequest:
     session_id: str
     message: str
     role: str | None = None
+    # Rewriting the conversation: the new turn replaces this turn and every later one.
+    from_turn: str | None = None
+    # Idempotent sends: a repeat of a send with this id reads the turn it started (`Replay`).
+    client_message_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Replay:
+    """What `TurnService.start` answers for a repeated send (same `client_message_id`, same
+    session): no turn was started; the caller reads `turn_id`'s events from its start
+    (`readers.TurnReaders.open(..., f"{turn_id}:0")`), live when it still runs."""
+
+    session_id: str
+    turn_id: str
 
 
 @dataclass
@@ -84,6 +101,8 @@ class TurnRun:
     flushed: int = 0  # events known to be in Redis (a failed write may have stored more)
     finished: bool = False
     renewed_at: float = field(default_factory=time.monotonic)  # when the lease was last renewed
+    from_turn: str | None = None  # the turn this one replaces, with every later one
+    first_answer: bool = False  # the session had no messages before: it may get a title
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     writing: asyncio.Lock = field(default_factory=asyncio.Lock)
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -129,6 +148,7 @@ class TurnService:
         turn_timeout: float,
         max_turn_events: int,
         max_answer_chars: int = 200_000,
+        titles: Titles | None = None,
     ) -> None:
         self._redis = redis  # every Redis command goes through the store; kept for the app's wiring
         self._store = store
@@ -139,6 +159,7 @@ class TurnService:
         self._deadline = max(turn_timeout * 0.9, turn_timeout - 5)
         self._max_events = max_turn_events
         self._max_answer_chars = max_answer_chars
+        self._titles = titles  # automatic titles (AUTO_TITLE), after a session's first answer
         self._lease_ms = int(store.lease_seconds * 1000)
         self._runs: dict[str, TurnRun] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -150,8 +171,12 @@ class TurnService:
 
     # -- starting, stopping and reading turns -------------------------------------------
 
-    async def start(self, request: TurnRequest) -> TurnRun:
-        """Admit and start a turn; raises the HTTP errors known before streaming starts."""
+    async def start(self, request: TurnRequest) -> TurnRun | Replay:
+        """Admit and start a turn; raises the HTTP errors known before streaming starts.
+
+        A send whose `client_message_id` already started a turn in this session starts
+        nothing: the answer is a `Replay` of that turn.
+        """
         if self.closing:
             raise ServerShutdown()  # 503: a turn admitted now would be cut off at once
         message = request.message.strip()
@@ -159,6 +184,8 @@ class TurnService:
             raise EmptyMessage()
         if len(message) > self._max_message_chars:
             raise MessageTooLong(self._max_message_chars)
+        if request.client_message_id is not None and not is_client_message_id(request.client_message_id):
+            raise InvalidRequest("client_message_id must be 1-64 characters of A-Z, a-z, 0-9, '_' and '-'.")
         chosen = await self._personas.resolve(request.user, request.role) if request.role is not None else None
         # Named before admission, so that a re-sent admission finds its own lease (see history.py).
         turn_id = secrets.token_hex(8)
@@ -172,11 +199,15 @@ class TurnService:
                 role=chosen.key if chosen else None,
                 default_role=self._personas.default_key,
                 known_roles=self._personas.catalog.keys,
+                from_turn=request.from_turn,
+                client_message_id=request.client_message_id,
             )
         except (StoreUnavailable, asyncio.CancelledError):
             # The admission may have been applied with its reply lost: give the lease back.
             self._release_later(request.user, request.session_id, turn_id)
             raise
+        if admission.duplicate_of is not None:
+            return Replay(request.session_id, admission.duplicate_of)
         if self.closing:  # the shutdown began while this turn was being admitted
             with contextlib.suppress(StoreUnavailable):
                 await self._store.release_turn(request.user, request.session_id, turn_id)
@@ -185,6 +216,8 @@ class TurnService:
         # the admission wrote the key it found in the start event.
         persona = chosen or await self._personas.for_session(request.user, admission.role)
         run = TurnRun(turn_id, request.user, request.session_id, persona)
+        run.from_turn = request.from_turn
+        run.first_answer = admission.before == 0 and request.from_turn is None
         run.payloads.append(admission.first_event)
         run.flushed = 1
         user_message = {"role": "user", "content": message, "timestamp": now_iso(), "turn_id": run.turn_id}
@@ -422,6 +455,7 @@ class TurnService:
                     role=run.persona.key,
                     title=title,
                     lost_payload=LOST_PAYLOAD,
+                    from_turn=run.from_turn,
                 )
             except StoreUnavailable:
                 self._release_later(run.user, run.session_id, run.turn_id)
@@ -431,6 +465,8 @@ class TurnService:
                 run.append(orjson.loads(LOST_PAYLOAD))
             else:
                 run.append(final)
+                if status == "ok" and messages and run.first_answer and self._titles is not None:
+                    self._titles.schedule(run.user, run.session_id, messages, run.persona.model)
 
     # -- process life -------------------------------------------------------------------
 
@@ -496,6 +532,8 @@ class TurnService:
         tasks = list(self._tasks)
         if tasks:
             await asyncio.wait(tasks, timeout=10)
+        if self._titles is not None:
+            await self._titles.aclose()
         if self._chores:
             await asyncio.wait(list(self._chores), timeout=5)
             for chore in list(self._chores):  # Redis still away: those leases run out by themselves

@@ -78,6 +78,7 @@ def make_settings(redis_server: RedisProcess, model: FakeModel, tmp_path: Path) 
             "rate_limit_per_minute": 1000,
             "anon_identities_per_minute": 0,
             "upstream_max_retries": 0,
+            "auto_title": False,  # a title request would follow each first answer (tests/test_titles.py)
             **overrides,
         }
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -29,44 +29,80 @@ from typing import Any
 import orjson
 
 from config import Settings
-from personachat.errors import RateLimited, SessionNotFound, TurnInProgress
+from personachat.errors import RateLimited, SessionNotFound, TurnInProgress, TurnNotFound
 from personachat.store.client import UNREACHABLE, Redis, translate_redis_errors
-from personachat.store.keys import KeySpace, is_session_id
+from personachat.store.keys import KeySpace, is_session_id, is_turn_id
 from personachat.store.turnlog import TAIL_LUA
 
 TITLE_CHARS = 60
+EDITED_TITLE_CHARS = 200  # a title the user types (PATCH) may be longer than one made for them
 LIST_LIMIT = 500
 COMMIT_ATTEMPTS = 4  # a turn's final commit rides over a short Redis outage (the script is idempotent)
+
+# Lua shared by the admission and the commit: the index of the first message of a turn in a
+# session's list (0-based: the number of messages before it), nil when none has it. A stored
+# message is orjson's compact JSON, so its own `"turn_id":"<id>"` is the only place where that
+# text appears unescaped (quotes inside a message's content are escaped).
+FIND_TURN_LUA = """
+local function find_turn(key, turn_id)
+  local needle = '"turn_id":"' .. turn_id .. '"'
+  local items = redis.call('LRANGE', key, 0, -1)
+  for i = 1, #items do
+    if string.find(items[i], needle, 1, true) then return i - 1 end
+  end
+  return nil
+end
+"""
 
 # A turn holds its session through a lease: the lock key (the turn id, expiring after
 # TURN_LEASE_SECONDS) and its entry in the user's running-turns zset (scored by the same
 # expiry). The running turn renews both; a dead turn's lease simply runs out.
 #
 # KEYS: session hash, lock, running zset, rate counter, messages list, turn stream, the user's
-#       own personas (a hash: the session's persona may be one of them)
+#       own personas (a hash: the session's persona may be one of them), the send's
+#       client-message key (the session hash again when the send has no client_message_id)
 # ARGV: turn id, now ms, lease ms, max concurrent, rate limit, rate window ms, window size,
 #       stream ttl s, first event head, chosen role ('' for the session's), default role,
-#       then the known roles (the catalog's).
+#       then the known roles (the catalog's), then from_turn and client_message_id ('' for
+#       none), always the last two.
+# Answers {'ok', role, window, messages before the turn}, {'duplicate', turn id} when a send
+# with this client_message_id already started a turn (its key lives as long as that turn's
+# stream), {'no_turn'} when from_turn is not a turn of the session, or a refusal.
+# With from_turn the window is the messages before that turn's first message.
 # The turn id is chosen by the caller, so a re-sent admission (a reply lost, the client
 # retrying) finds its own lease and answers ok again instead of "busy" (and a turn id whose
 # stream exists is never admitted again). The first event
 # (`head` + role + '"}') is written here too, in the same step.
-_ADMIT_TURN = """
+_ADMIT_TURN = (
+    FIND_TURN_LUA
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
+local from_turn, client_id = ARGV[#ARGV - 1], ARGV[#ARGV]
+if client_id ~= '' then
+  local prior = redis.call('GET', KEYS[8])
+  if prior and prior ~= ARGV[1] then return {'duplicate', prior} end
+end
 local holder = redis.call('GET', KEYS[2])
 local role = ARGV[10]
 if role == '' then
   role = redis.call('HGET', KEYS[1], 'role') or ''
   local known = false
-  for i = 12, #ARGV do if ARGV[i] == role then known = true end end
+  for i = 12, #ARGV - 2 do if ARGV[i] == role then known = true end end
   if not known and role ~= '' and redis.call('HEXISTS', KEYS[7], role) == 1 then known = true end
   if not known then role = ARGV[11] end
 end
+-- The messages before the turn: all of them, or those before from_turn's first message.
+local before = redis.call('LLEN', KEYS[5])
+if from_turn ~= '' then
+  before = find_turn(KEYS[5], from_turn)
+  if before == nil then return {'no_turn'} end
+end
 local function window()
-  if tonumber(ARGV[7]) > 0 then return redis.call('LRANGE', KEYS[5], -tonumber(ARGV[7]), -1) end
+  local size = math.min(tonumber(ARGV[7]), before)
+  if size > 0 then return redis.call('LRANGE', KEYS[5], before - size, before - 1) end
   return {}
 end
-if holder == ARGV[1] then return {'ok', role, window()} end
+if holder == ARGV[1] then return {'ok', role, window(), before} end
 if holder or redis.call('EXISTS', KEYS[6]) == 1 then return {'busy'} end
 local now, lease = tonumber(ARGV[2]), tonumber(ARGV[3])
 -- Counted without pruning: the first write of this script must be one that Redis refuses when
@@ -85,13 +121,19 @@ redis.call('ZADD', KEYS[3], now + lease, ARGV[1])
 if redis.call('PTTL', KEYS[3]) < lease then redis.call('PEXPIRE', KEYS[3], lease) end
 redis.call('XADD', KEYS[6], '0-1', 's', 1, 'd', ARGV[9] .. role .. '"}')
 redis.call('EXPIRE', KEYS[6], ARGV[8])
-return {'ok', role, window()}
+if client_id ~= '' then redis.call('SET', KEYS[8], ARGV[1], 'EX', ARGV[8]) end
+return {'ok', role, window(), before}
 """
+)
 
 # KEYS: session hash, messages, user index, lock, running zset, turn stream
 # ARGV: turn id, session id, first seq, n payloads, m messages, now ms, now iso, history max,
 #       history ttl s, stream ttl s, role, title, lost payload, then the n payloads (the events
-#       not yet written, the final one last), then the m messages.
+#       not yet written, the final one last), then the m messages, then from_turn ('' for none).
+# With from_turn, that turn's messages and every later one are cut before the new ones are
+# appended, in this same script: a turn that fails (m = 0) or is lost changes nothing. The
+# session's title is set from the first message once (`title_source` "first": titles.py may
+# then replace it once; a title the user set is "user" and never replaced).
 # Safe to run twice: a stream already ending with this turn's final entry means done. Events
 # a flush already stored (its reply lost) are skipped, so no seq is written twice. Without the
 # lease (it ran out, or a stop ended the turn) or without its session (deleted), nothing is
@@ -99,6 +141,7 @@ return {'ok', role, window()}
 # see turnlog.py), unless it has one.
 _COMMIT_TURN = (
     TAIL_LUA
+    + FIND_TURN_LUA
     + """
 local stored, final = stream_tail(KEYS[6])
 if final == 'end' then return {'done'} end
@@ -122,11 +165,20 @@ redis.call('XADD', KEYS[6], '0-' .. (first + n - 1), 's', start, 'd', table.conc
 redis.call('EXPIRE', KEYS[6], ARGV[10])
 if m > 0 then
   local ttl = tonumber(ARGV[9])
+  local from_turn = ARGV[14 + n + m] or ''
+  if from_turn ~= '' then
+    local cut = find_turn(KEYS[2], from_turn)
+    if cut == 0 then
+      redis.call('DEL', KEYS[2])
+      -- The first message was rewritten: a title that was that message follows it.
+      if redis.call('HGET', KEYS[1], 'title_source') == 'first' then redis.call('HSET', KEYS[1], 'title', ARGV[12]) end
+    elseif cut then redis.call('LTRIM', KEYS[2], 0, cut - 1) end
+  end
   redis.call('RPUSH', KEYS[2], unpack(ARGV, 14 + n, 13 + n + m))
   redis.call('LTRIM', KEYS[2], -tonumber(ARGV[8]), -1)
   redis.call('EXPIRE', KEYS[2], ttl)
   redis.call('HSET', KEYS[1], 'role', ARGV[11], 'last_activity', ARGV[7])
-  redis.call('HSETNX', KEYS[1], 'title', ARGV[12])
+  if redis.call('HSETNX', KEYS[1], 'title', ARGV[12]) == 1 then redis.call('HSET', KEYS[1], 'title_source', 'first') end
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('ZADD', KEYS[3], ARGV[6], ARGV[2])
   redis.call('EXPIRE', KEYS[3], ttl)
@@ -136,6 +188,29 @@ redis.call('ZREM', KEYS[5], ARGV[1])
 return {'ok'}
 """
 )
+
+# KEYS: session hash. ARGV: then the fields and values to set, `title_source` among them
+# when the title changes. Changes a session that exists, and only that.
+_UPDATE_SESSION = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if #ARGV > 0 then redis.call('HSET', KEYS[1], unpack(ARGV)) end
+return 1
+"""
+
+# KEYS: session hash. ARGV: "claim", or "set" and the title. An automatic title (titles.py) is
+# claimed once per session, while its title is still its first message's ("first" -> "pending"),
+# and stored only if nobody set a title meanwhile ("pending" -> "auto").
+_AUTO_TITLE = """
+local source = redis.call('HGET', KEYS[1], 'title_source')
+if ARGV[1] == 'claim' then
+  if source ~= 'first' then return 0 end
+  redis.call('HSET', KEYS[1], 'title_source', 'pending')
+  return 1
+end
+if source ~= 'pending' then return 0 end
+redis.call('HSET', KEYS[1], 'title', ARGV[2], 'title_source', 'auto')
+return 1
+"""
 
 # KEYS: lock, running zset. ARGV: turn id, now ms, lease ms. Extends the lease only if ours.
 _RENEW_LEASE = """
@@ -226,6 +301,7 @@ class SessionInfo:
     last_activity: str
     messages: int
     running_turn_id: str | None = None
+    model: str | None = None  # set by PATCH /chat/sessions/{id}; None: the persona's or the default
 
 
 @dataclass
@@ -236,6 +312,10 @@ class Admission:
     role: str
     first_event: bytes
     window: list[dict[str, Any]] = field(default_factory=list)
+    before: int = 0  # messages stored before the turn (before from_turn's, with from_turn)
+    # Set when the send's client_message_id already started a turn: that turn's id (nothing
+    # was admitted; the send is a repeat and reads that turn).
+    duplicate_of: str | None = None
 
 
 @dataclass(frozen=True)
@@ -274,6 +354,8 @@ class HistoryStore:
         self._end_lost = redis.register_script(_END_LOST_TURN)
         self._delete = redis.register_script(DELETE_SESSION)
         self._clear = redis.register_script(_CLEAR_SESSION)
+        self._update = redis.register_script(_UPDATE_SESSION)
+        self._auto_title = redis.register_script(_AUTO_TITLE)
 
     @property
     def lease_seconds(self) -> float:
@@ -289,6 +371,7 @@ class HistoryStore:
         fields = {"role": role, "created_at": created, "last_activity": created}
         if title:
             fields["title"] = title
+            fields["title_source"] = "user"
         ttl = self._limits.history_ttl_seconds
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(self._keys.session(user, session_id), mapping=fields)
@@ -380,6 +463,37 @@ class HistoryStore:
         if not existed:
             raise SessionNotFound()
 
+    @translate_redis_errors
+    async def update_session(
+        self, user: str, session_id: str, *, title: str | None = None, role: str | None = None, model: str | None = None
+    ) -> SessionInfo:
+        """Change the session's title (then never replaced by an automatic one), persona or
+        model; SessionNotFound for a missing or foreign session. The caller validates."""
+        if not is_session_id(session_id):
+            raise SessionNotFound()
+        fields: list[str] = []
+        if title is not None:
+            fields += ["title", title[:EDITED_TITLE_CHARS], "title_source", "user"]
+        if role is not None:
+            fields += ["role", role]
+        if model is not None:
+            fields += ["model", model]
+        if not await self._update(keys=[self._session_key(user, session_id)], args=fields):
+            raise SessionNotFound()
+        return await self.get_session(user, session_id)
+
+    @translate_redis_errors
+    async def claim_auto_title(self, user: str, session_id: str) -> bool:
+        """Whether this caller may ask for the session's automatic title: true once per
+        session, while its title is still its first message (never over a user's title)."""
+        return bool(await self._auto_title(keys=[self._session_key(user, session_id)], args=["claim"]))
+
+    @translate_redis_errors
+    async def store_auto_title(self, user: str, session_id: str, title: str) -> bool:
+        """Store a claimed automatic title, unless the user set one meanwhile."""
+        keys = [self._session_key(user, session_id)]
+        return bool(await self._auto_title(keys=keys, args=["set", title[:TITLE_CHARS]]))
+
     # -- turns ------------------------------------------------------------------------
 
     @translate_redis_errors
@@ -393,6 +507,8 @@ class HistoryStore:
         role: str | None,
         default_role: str,
         known_roles: Sequence[str],
+        from_turn: str | None = None,
+        client_message_id: str | None = None,
     ) -> Admission:
         """Atomically take the session's lease, write the turn's first event, read the prompt window.
 
@@ -400,9 +516,16 @@ class HistoryStore:
         the user's own personas, else `default_role`; the first event is `first_event_head` +
         that key + '"}'. Safe to repeat with the same `turn_id`. Raises SessionNotFound, TurnInProgress (409) or
         RateLimited (429).
+
+        With `from_turn`, the window is read from the messages before that turn (TurnNotFound
+        when the session has no such turn). With `client_message_id`, a send whose id already
+        started a turn in this session (while that turn's stream is kept) admits nothing and
+        answers that turn's id in `duplicate_of`; otherwise the id is bound to this turn.
         """
         if not is_session_id(session_id):
             raise SessionNotFound()
+        if from_turn is not None and not is_turn_id(from_turn):
+            raise TurnNotFound()
         limits = self._limits
         keys = [
             self._session_key(user, session_id),
@@ -412,6 +535,9 @@ class HistoryStore:
             self._keys.messages(user, session_id),
             self._keys.turn(user, session_id, turn_id),
             self._keys.personas(user),
+            self._keys.client_message(user, session_id, client_message_id)
+            if client_message_id
+            else self._session_key(user, session_id),
         ]
         args = [
             turn_id,
@@ -426,11 +552,17 @@ class HistoryStore:
             role or "",
             default_role,
             *known_roles,
+            from_turn or "",
+            client_message_id or "",
         ]
         reply = await self._admit(keys=keys, args=args)
         status = reply[0].decode()
         if status == "missing":
             raise SessionNotFound()
+        if status == "duplicate":
+            return Admission(turn_id, "", b"", duplicate_of=reply[1].decode())
+        if status == "no_turn":
+            raise TurnNotFound()
         if status == "busy":
             raise TurnInProgress()
         if status == "concurrency":
@@ -445,7 +577,7 @@ class HistoryStore:
             )
         chosen: bytes = reply[1]
         window = [_prompt_message(orjson.loads(item)) for item in reply[2]]
-        return Admission(turn_id, chosen.decode(), first_event_head + chosen + b'"}', window)
+        return Admission(turn_id, chosen.decode(), first_event_head + chosen + b'"}', window, int(reply[3]))
 
     @translate_redis_errors
     async def commit_turn(
@@ -460,6 +592,7 @@ class HistoryStore:
         role: str,
         title: str,
         lost_payload: bytes,
+        from_turn: str | None = None,
     ) -> str:
         """End a turn: its remaining events and final event (the last of `payloads`, numbered
         from `first_seq`), its messages appended to history (none for a failed turn), history
@@ -469,6 +602,9 @@ class HistoryStore:
         lost); "lost" when the turn no longer held its lease or its session was deleted:
         nothing was stored, and the stream ends with `lost_payload` (or the final event that
         ended it already). Retried over a short outage, then StoreUnavailable.
+
+        With `from_turn` (and messages), that turn's messages and every later one are cut
+        before the new ones are appended, in the same script.
         """
         limits = self._limits
         keys = [
@@ -496,6 +632,7 @@ class HistoryStore:
             lost_payload,
             *payloads,
             *[orjson.dumps(message) for message in messages],
+            from_turn or "",
         ]
         for attempt in range(COMMIT_ATTEMPTS):
             try:
@@ -555,4 +692,5 @@ def _session_info(session_id: str, meta: dict[bytes, bytes], lock: bytes | None,
         last_activity=text.get("last_activity", ""),
         messages=count,
         running_turn_id=lock.decode() if lock else None,
+        model=text.get("model"),
     )

@@ -22,6 +22,11 @@ or outside the prefix.
 Personas of one's own (store/personas.py), in the user's slot like the rest of their data:
 
     <prefix>:{<user>}:personas            HASH  persona key -> the persona, JSON (with its times)
+
+Idempotent sends (a send's `client_message_id`, history.py's admission), with the TTL of a
+turn's stream, so a repeated id finds its turn while that turn's events are kept:
+
+    <prefix>:{<user>}:cm:<session>:<id>   STR   the turn id the send with this id started
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from dataclasses import dataclass
 USER_ID_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 SESSION_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 TURN_ID_PATTERN = re.compile(r"[0-9a-f]{16}")
+CLIENT_MESSAGE_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 CLIENT_PATTERN = re.compile(r"[0-9A-Za-z.:/_-]{1,64}")  # an IP address or network, or a word
 
 
@@ -45,6 +51,10 @@ def is_session_id(value: str) -> bool:
 
 def is_turn_id(value: str) -> bool:
     return TURN_ID_PATTERN.fullmatch(value) is not None
+
+
+def is_client_message_id(value: str) -> bool:
+    return CLIENT_MESSAGE_ID_PATTERN.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)
@@ -105,6 +115,13 @@ class KeySpace:
     def personas(self, user: str) -> str:
         return f"{self._user(user)}:personas"
 
+    # -- idempotent sends (history.py's admission) ------------------------------------------
+
+    def client_message(self, user: str, session_id: str, client_message_id: str) -> str:
+        if not is_client_message_id(client_message_id):
+            raise ValueError(f"invalid client message id {client_message_id!r}")
+        return f"{self._user(user)}:cm:{session_id}:{client_message_id}"
+
     def all_keys_pattern(self) -> str:
         """A SCAN pattern matching every key of the service (and nothing outside the prefix)."""
         return f"{self.prefix}:*"
@@ -140,13 +157,17 @@ class KeySpace:
             return KeyName(kind, user, turn_id=tail)
         if kind == "personas" and not tail:  # personas of one's own
             return KeyName(kind, user)
+        if kind == "cm":  # idempotent sends
+            session_id, _, client_id = tail.partition(":")
+            if is_session_id(session_id) and is_client_message_id(client_id):
+                return KeyName(kind, user, session_id=session_id)
         return None
 
 
 @dataclass(frozen=True)
 class KeyName:
     """A key of the service, parsed: `kind` is the segment after the user tag (`s`, `m`,
-    `lock`, `t`, `stop`, `sessions`, `running`, `rate`, `personas`), or `apikey` / `apikeys` / `anon`."""
+    `lock`, `t`, `stop`, `sessions`, `running`, `rate`, `personas`, `cm`), or `apikey` / `apikeys` / `anon`."""
 
     kind: str
     user: str | None = None

@@ -20,6 +20,7 @@ from personachat.store.client import Redis
 from personachat.store.history import HistoryStore
 from personachat.store.keys import KeySpace
 from personachat.store.maintenance import Maintenance
+from personachat.store.search import SessionSearch
 from personachat.turns import TurnService
 
 
@@ -74,6 +75,10 @@ async def get_maintenance(services: ServicesDep) -> Maintenance:
     return Maintenance(services.redis, keys, history_ttl_seconds=services.settings.history_ttl_seconds)
 
 
+async def get_search(services: ServicesDep) -> SessionSearch:
+    return SessionSearch(services.redis, KeySpace(services.settings.redis_prefix))
+
+
 IdentityDep = Annotated[Identity, Depends(get_identity)]
 StoreDep = Annotated[HistoryStore, Depends(get_store)]
 TurnsDep = Annotated[TurnService, Depends(get_turns)]
@@ -81,3 +86,4 @@ ReadersDep = Annotated[TurnReaders, Depends(get_readers)]
 PersonasDep = Annotated[PersonaResolver, Depends(get_personas)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MaintenanceDep = Annotated[Maintenance, Depends(get_maintenance)]
+SearchDep = Annotated[SessionSearch, Depends(get_search)]

@@ -8,6 +8,12 @@ from typing import Any, Literal
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
 
+from personachat.web.craft_schemas import (
+    CLIENT_MESSAGE_ID_DESCRIPTION,
+    CLIENT_MESSAGE_ID_PATTERN,
+    FROM_TURN_DESCRIPTION,
+)
+
 # What a sendable message looks like: at least one character that is not whitespace.
 MESSAGE_PATTERN = r"\S"
 
@@ -44,6 +50,10 @@ class StreamRequest(BaseModel):
     session_id: str
     message: str | None = None  # see _message_required: None only when resuming
     role: str | None = Field(None, description="Persona for this message (and the session from now on).")
+    from_turn: str | None = Field(None, description=FROM_TURN_DESCRIPTION)
+    client_message_id: str | None = Field(
+        None, pattern=CLIENT_MESSAGE_ID_PATTERN, description=CLIENT_MESSAGE_ID_DESCRIPTION
+    )
 
 
 class Message(BaseModel):
@@ -77,6 +87,7 @@ class SessionSummary(BaseModel):
     last_activity: str
     messages: int
     running_turn_id: str | None = None
+    model: str | None = Field(None, description="Set with PATCH; null: the persona's model or the default.")
 
 
 class SessionsResponse(BaseModel):
@@ -120,7 +131,7 @@ def install_openapi(app: FastAPI, role_keys: list[str], max_message_chars: int) 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = build()
-            for name in ("StartRequest", "StreamRequest"):
+            for name in ("StartRequest", "StreamRequest", "SessionPatch"):
                 properties = schema["components"]["schemas"][name]["properties"]
                 properties["role"] = _nullable_choice(properties["role"], role_keys)
                 if "message" in properties:

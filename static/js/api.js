@@ -56,4 +56,6 @@ export const api = {
   clear: (sessionId) => request("DELETE", `chat/history/${encodeURIComponent(sessionId)}`),
   remove: (sessionId) => request("DELETE", `chat/sessions/${encodeURIComponent(sessionId)}`),
   stop: (sessionId) => request("POST", "chat/stop", { query: { session_id: sessionId } }),
+  rename: (sessionId, title) => request("PATCH", `chat/sessions/${encodeURIComponent(sessionId)}`, { body: { title } }),
+  search: (q, limit = 20) => request("GET", "chat/search", { query: { q, limit } }),
 };

@@ -12,7 +12,7 @@ import { applyTranslations, detectLanguage, hasKey, language, setLanguage, t } f
 import { PersonaEditor } from "./personas.js";
 import { pendingFor, savedSession, saveSession, setPending } from "./saved.js";
 import { Sidebar } from "./sidebar.js";
-import { streamTurn } from "./stream.js";
+import { newClientMessageId, streamTurn } from "./stream.js";
 
 const STOP_GRACE_MS = 8000;
 const LOST_RECOVERIES = 3;
@@ -70,6 +70,8 @@ async function init() {
     announcer: $("announcer"),
     jumpButton: $("jump-button"),
     onCopy: copyText,
+    onEdit: editMessage,
+    onRegenerate: regenerate,
   });
   sidebar = new Sidebar({
     layout: ui.layout,
@@ -79,9 +81,14 @@ async function init() {
     menuButton: $("menu-button"),
     closeButton: $("sidebar-close"),
     scrim: $("scrim"),
-    onOpen: (id) => openSession(id),
+    onOpen: (id, turnId = null) => openSession(id).then(() => turnId && conversation.reveal(turnId)),
     onDelete: deleteSession,
+    onRename: renameSession,
     personaName,
+    search: (q) => api.search(q),
+    searchInput: $("session-search"),
+    searchResults: $("search-results"),
+    searchEmpty: $("search-empty"),
   });
   editor = new PersonaEditor({
     roles: () => state.roles,
@@ -337,11 +344,72 @@ async function openSession(id, { restoring = false } = {}) {
 
 function showStored(message) {
   if (message.role === "user") {
-    conversation.addUser(message.content);
+    conversation.addUser(message.content, { turnId: message.turn_id });
   } else {
     const answer = conversation.addAnswer(personaName(message.persona));
+    if (message.turn_id) answer.row.dataset.turnId = message.turn_id;
     answer.showStored(message.content, { stopped: Boolean(message.stopped) });
   }
+}
+
+async function renameSession(id, title) {
+  try {
+    await api.rename(id, title);
+  } catch (error) {
+    toast(messageFor(error));
+    throw error;
+  }
+  if (id === state.sessionId) {
+    state.title = title;
+    updateChrome();
+  }
+  toast(t("chatRenamed"));
+  await refreshSessions();
+}
+
+// -- rewriting the conversation: regenerate, edit and resend ------------------------------
+
+/** Regenerate: the last answer's question again, in place of that turn. */
+function regenerate(answerRow) {
+  if (state.turn || state.sending) {
+    toast(t("waitForAnswer"));
+    return;
+  }
+  const rows = [...ui.messages.children];
+  const userRow = rows.slice(0, rows.indexOf(answerRow)).reverse().find((row) => row.classList.contains("message-user"));
+  const fromTurn = answerRow.dataset.turnId;
+  if (!userRow || !fromTurn) return;
+  resend(userRow, userRow.userText, fromTurn);
+}
+
+/** Edit a question in place; an earlier one only once the person agrees to lose what follows. */
+async function editMessage(userRow) {
+  if (state.turn || state.sending) {
+    toast(t("waitForAnswer"));
+    return;
+  }
+  if (!conversation.isLastUser(userRow)) {
+    const ok = await confirm({ title: t("editEarlierTitle"), body: t("editEarlierBody"), ok: t("editEarlierOk") });
+    if (!ok) {
+      userRow.querySelector("button[data-action='edit']")?.focus();
+      return;
+    }
+  }
+  conversation.startEdit(userRow, (text) => {
+    if (state.turn || state.sending) {
+      toast(t("waitForAnswer"));
+      return false;
+    }
+    resend(userRow, text, userRow.dataset.turnId);
+    return true;
+  });
+}
+
+/** Send `text` in place of the turn `fromTurn` (and all after it): the rows go, the new turn
+ * follows. The server replaces them only when the new answer is stored. */
+function resend(userRow, text, fromTurn) {
+  for (const row of conversation.rowsFrom(userRow)) row.remove();
+  send(text, state.selectedRole, null, { fromTurn });
 }
 
 async function deleteSession(id, title, button) {
@@ -404,7 +472,10 @@ function submit() {
   send(text, state.selectedRole);
 }
 
-async function send(message, role, userRow = null) {
+async function send(message, role, userRow = null, { fromTurn = null, clientMessageId = null } = {}) {
+  // One id per message, kept by its retries after a network error: a send whose answer was
+  // lost on the way is replayed by the server, never sent twice.
+  const messageId = clientMessageId || newClientMessageId();
   state.sending = true;
   setStreaming(true);
   let sessionId = state.sessionId;
@@ -425,7 +496,7 @@ async function send(message, role, userRow = null) {
       setStreaming(false);
       const row = userRow || conversation.addUser(message);
       const answer = conversation.addAnswer(personaName(role));
-      showFailure({ sessionId: null, answer, message, role, userRow: row }, error);
+      showFailure({ sessionId: null, answer, message, role, userRow: row, fromTurn, clientMessageId: messageId }, error);
       updateChrome();
       return;
     }
@@ -436,16 +507,17 @@ async function send(message, role, userRow = null) {
   conversation.scrollToEnd();
   setPending(sessionId, { message, role });
   state.sending = false;
-  follow({ sessionId, answer, message, role, userRow: row, resumeFrom: null });
+  follow({ sessionId, answer, message, role, userRow: row, resumeFrom: null, fromTurn, clientMessageId: messageId });
   updateChrome();
 }
 
 /** Listen to a turn's events (a new message, or `resumeFrom` an event id) until it ends. */
-function follow({ sessionId, answer, message, role, userRow, resumeFrom }) {
-  const turn = { sessionId, answer, message, role, userRow, turnId: null, stream: null, recoveries: 0 };
+function follow({ sessionId, answer, message, role, userRow, resumeFrom, fromTurn = null, clientMessageId = null }) {
+  const turn = { sessionId, answer, message, role, userRow, turnId: null, stream: null, recoveries: 0, fromTurn,
+    clientMessageId };
   state.turn = turn;
   setStreaming(true);
-  turn.stream = streamTurn({ sessionId, message, role, resumeFrom }, handlersFor(turn));
+  turn.stream = streamTurn({ sessionId, message, role, resumeFrom, fromTurn, clientMessageId }, handlersFor(turn));
 }
 
 function handlersFor(turn) {
@@ -454,6 +526,8 @@ function handlersFor(turn) {
     onStart(event) {
       if (!current()) return;
       turn.turnId = event.turn_id;
+      turn.answer.row.dataset.turnId = event.turn_id;
+      if (turn.userRow) turn.userRow.dataset.turnId = event.turn_id;
       turn.answer.setPersona(personaName(event.role));
       state.sessionRole = event.role;
       updatePersonaUi();
@@ -472,9 +546,13 @@ function handlersFor(turn) {
       if (stopped) conversation.announce(t("stoppedAnnounce"));
       setPending(turn.sessionId, null);
       refreshSessions();
+      // A first answer may be followed by an automatic title (AUTO_TITLE): look again soon.
+      if (ui.messages.querySelectorAll(".message-user").length === 1) setTimeout(refreshSessions, 6000);
     },
     onError(error) {
       if (!current()) return;
+      delete turn.answer.row.dataset.turnId; // a failed turn stores nothing: nothing to edit
+      conversation.setTurn(turn.userRow, null);
       endTurn(turn);
       setPending(turn.sessionId, null);
       showFailure(turn, error);
@@ -523,7 +601,11 @@ function showFailure(turn, error) {
       return false;
     }
     turn.answer.remove();
-    send(turn.message, state.selectedRole || turn.role, turn.userRow);
+    // Not answered because the network failed: the server may have the message already, so
+    // the same id goes again (it replays that turn). Any other failure stored nothing: a new id.
+    const sameId = error.code === "network" ? turn.clientMessageId : null;
+    send(turn.message, state.selectedRole || turn.role, turn.userRow,
+      { fromTurn: turn.fromTurn || null, clientMessageId: sameId });
     return true;
   };
   turn.answer.fail(() => messageFor({ ...error, code }), {
@@ -592,6 +674,7 @@ function messageFor(error) {
 // -- small pieces of the page ------------------------------------------------------------
 
 function setStreaming(on) {
+  conversation.refreshActions(on);
   ui.composer.classList.toggle("is-streaming", on);
   ui.sendButton.hidden = on;
   ui.stopButton.hidden = !on;

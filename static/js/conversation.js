@@ -6,6 +6,10 @@
 // read again and again); instead each finished block of an answer (a paragraph, a list, a
 // code block) is copied as plain text into one polite live region, so the answer is read
 // as it streams, once.
+//
+// Rewriting: a message that is stored carries its turn's id (`data-turn-id`). The last answer
+// has a Regenerate action and every user message an Edit action (the page decides what they
+// do, see app.js); an edit happens in place, in a text box that replaces the bubble.
 
 import { MarkdownView } from "./markdown.js";
 import { t } from "./i18n.js";
@@ -15,12 +19,15 @@ const FOLLOW_SLACK_PX = 48;
 const ANNOUNCER_KEEP = 6;
 
 export class Conversation {
-  constructor({ scroller, list, announcer, jumpButton, onCopy }) {
+  constructor({ scroller, list, announcer, jumpButton, onCopy, onEdit = () => {}, onRegenerate = () => {} }) {
     this.scroller = scroller;
     this.list = list;
     this.announcer = announcer;
     this.jumpButton = jumpButton;
     this.onCopy = onCopy;
+    this.onEdit = onEdit;
+    this.onRegenerate = onRegenerate;
+    this.busy = false;
     this.follow = true;
     this.lastTop = 0;
     scroller.addEventListener("scroll", () => this.onScroll(), { passive: true });
@@ -38,16 +45,131 @@ export class Conversation {
     this.jumpButton.hidden = true;
   }
 
-  addUser(text) {
+  addUser(text, { turnId = null } = {}) {
     const row = element("div", "message message-user");
     const label = element("div", "visually-hidden", t("you"));
     label.dataset.i18n = "you";
     const bubble = element("div", "bubble user-text");
     bubble.textContent = text;
-    row.append(label, bubble);
+    row.userText = text;
+    const actions = element("div", "message-actions");
+    actions.append(rewriteButton("edit", "editMessage", "edit"));
+    row.append(label, bubble, actions);
     this.list.append(row);
+    this.setTurn(row, turnId);
     this.scrollToEnd();
     return row;
+  }
+
+  /** Mark `row` as part of the stored turn `turnId` (its actions need one). */
+  setTurn(row, turnId) {
+    if (!row) return;
+    if (turnId) row.dataset.turnId = turnId;
+    else delete row.dataset.turnId;
+    this.refreshActions();
+  }
+
+  /** Regenerate on the last answer only; Edit on every stored user message; none while busy. */
+  refreshActions(busy = this.busy) {
+    this.busy = busy;
+    const rows = [...this.list.children];
+    const last = rows.at(-1);
+    for (const row of rows) {
+      if (row.classList.contains("message-user")) {
+        const edit = row.querySelector("button[data-action='edit']");
+        if (edit) {
+          edit.hidden = !row.dataset.turnId || row.classList.contains("is-editing");
+          edit.disabled = busy;
+        }
+      } else if (row.answer) {
+        const wanted = row === last && !busy && Boolean(row.dataset.turnId) && !row.answer.welcome
+          && !row.classList.contains("is-streaming") && !row.classList.contains("is-failed");
+        const button = row.querySelector("button[data-action='regenerate']");
+        if (wanted && !button) row.answer.status.append(rewriteButton("retry", "regenerate", "regenerate", "regenerate"));
+        else if (!wanted && button) button.remove();
+      }
+    }
+  }
+
+  /** The message rows from `row` to the end (what an edit of `row` replaces). */
+  rowsFrom(row) {
+    const rows = [...this.list.children];
+    const index = rows.indexOf(row);
+    return index < 0 ? [] : rows.slice(index);
+  }
+
+  /** Whether `row` is the last user message (editing it removes nothing else but its answer). */
+  isLastUser(row) {
+    return !this.rowsFrom(row).slice(1).some((other) => other.classList.contains("message-user"));
+  }
+
+  /** Edit a user message in place: Send (or Enter) calls onSend(text), Esc or Cancel puts it back. */
+  startEdit(row, onSend) {
+    if (row.classList.contains("is-editing")) return;
+    const bubble = row.querySelector(".user-text");
+    const box = element("div", "edit-box");
+    const input = element("textarea", "edit-input");
+    input.value = row.userText ?? bubble.textContent;
+    input.rows = Math.min(8, Math.max(2, input.value.split("\n").length));
+    input.setAttribute("aria-label", t("editMessage"));
+    input.dataset.i18nAriaLabel = "editMessage";
+    const buttons = element("div", "edit-buttons");
+    const cancel = element("button", "edit-cancel", t("cancel"));
+    cancel.type = "button";
+    cancel.dataset.i18n = "cancel";
+    const send = element("button", "edit-send", t("send"));
+    send.type = "button";
+    send.dataset.i18n = "send";
+    buttons.append(cancel, send);
+    box.append(input, buttons);
+    bubble.hidden = true;
+    row.classList.add("is-editing");
+    row.append(box);
+    this.refreshActions();
+    const close = () => {
+      box.remove();
+      bubble.hidden = false;
+      row.classList.remove("is-editing");
+      this.refreshActions();
+    };
+    const submit = () => {
+      const text = input.value;
+      if (!text.trim()) return;
+      if (onSend(text) !== false) close();
+    };
+    const update = () => {
+      send.disabled = !input.value.trim();
+    };
+    input.addEventListener("input", update);
+    input.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing && event.keyCode !== 229) {
+        event.preventDefault();
+        submit();
+      } else if (event.key === "Escape") {
+        event.preventDefault();
+        event.stopPropagation();
+        close();
+        row.querySelector("button[data-action='edit']")?.focus();
+      }
+    });
+    cancel.addEventListener("click", () => {
+      close();
+      row.querySelector("button[data-action='edit']")?.focus();
+    });
+    send.addEventListener("click", submit);
+    update();
+    input.focus();
+    input.setSelectionRange(input.value.length, input.value.length);
+  }
+
+  /** Bring the message of `turnId` into view and mark it for a moment (a search result). */
+  reveal(turnId) {
+    const row = [...this.list.children].find((item) => item.dataset.turnId === turnId);
+    if (!row) return;
+    this.follow = false;
+    row.scrollIntoView({ block: "center" });
+    row.classList.add("is-found");
+    setTimeout(() => row.classList.remove("is-found"), 2500);
   }
 
   /** An assistant message, empty until text arrives. `persona` is the persona's display name. */
@@ -104,6 +226,13 @@ export class Conversation {
   // -- copy buttons (delegated: code blocks are re-rendered while streaming) -------------
 
   onListClick(event) {
+    const action = event.target.closest("button[data-action]");
+    if (action && this.list.contains(action) && !action.disabled) {
+      const row = action.closest(".message");
+      if (action.dataset.action === "edit") this.onEdit(row);
+      else if (action.dataset.action === "regenerate") this.onRegenerate(row);
+      return;
+    }
     const button = event.target.closest("button[data-copy]");
     if (!button || !this.list.contains(button)) return;
     let text = "";
@@ -215,6 +344,7 @@ export class Answer {
     } else if (!stopped) {
       this.row.classList.add("is-empty");
     }
+    this.conversation.refreshActions();
     this.conversation.afterChange();
   }
 
@@ -294,6 +424,24 @@ function blockSpeech(block) {
   const copy = block.cloneNode(true);
   for (const chrome of copy.querySelectorAll(".code-head")) chrome.remove();
   return copy.textContent;
+}
+
+/** Edit (on a user message) or Regenerate (on the last answer). */
+function rewriteButton(iconName, labelKey, action, visibleKey = null) {
+  const button = element("button", `action-button ${action}-button`);
+  button.type = "button";
+  button.dataset.action = action;
+  button.setAttribute("aria-label", t(labelKey));
+  button.dataset.i18nAriaLabel = labelKey;
+  button.title = t(labelKey);
+  button.dataset.i18nTitle = labelKey;
+  button.append(icon(iconName));
+  if (visibleKey) {
+    const label = element("span", "action-label", t(visibleKey));
+    label.dataset.i18n = visibleKey;
+    button.append(label);
+  }
+  return button;
 }
 
 function actionButton(iconName, labelKey, what, visibleKey = null) {

@@ -125,6 +125,19 @@ const en = {
   err_too_many_personas: "You have as many personas as you may keep. Delete one to make room.",
   err_read_only: "Built-in personas cannot be changed.",
   err_invalid_card: "This file is not a character card that can be read.",
+  // Rewriting the conversation, renaming and finding chats.
+  regenerate: "Regenerate",
+  editMessage: "Edit message",
+  editEarlierTitle: "Edit this earlier message?",
+  editEarlierBody: "The messages after it will be removed when you send the edited message.",
+  editEarlierOk: "Edit",
+  renameChat: "Rename chat",
+  renameChatNamed: "Rename chat “{title}”",
+  renameLabel: "New name for the chat (Enter to save, Esc to cancel)",
+  chatRenamed: "Chat renamed.",
+  searchChats: "Search chats",
+  searchResults: "Chats that match",
+  searchNoResults: "No chats match “{q}”.",
 };
 
 const zhCN = {
@@ -244,6 +257,18 @@ const zhCN = {
   err_too_many_personas: "你的角色数量已达上限，请先删除一个。",
   err_read_only: "内置角色无法修改。",
   err_invalid_card: "这个文件不是可读取的角色卡。",
+  regenerate: "重新生成",
+  editMessage: "编辑消息",
+  editEarlierTitle: "编辑这条较早的消息？",
+  editEarlierBody: "发送编辑后的消息时，它之后的消息将被删除。",
+  editEarlierOk: "编辑",
+  renameChat: "重命名聊天",
+  renameChatNamed: "重命名聊天“{title}”",
+  renameLabel: "聊天的新名称（回车保存，Esc 取消）",
+  chatRenamed: "聊天已重命名。",
+  searchChats: "搜索聊天",
+  searchResults: "匹配的聊天",
+  searchNoResults: "没有与“{q}”匹配的聊天。",
 };
 
 export const LANGUAGES = { en, "zh-CN": zhCN };

@@ -11,6 +11,9 @@
 //   is sent again with fetch(): an error answer is then read as JSON `{code, detail}` (and
 //   Retry-After), and a 200 answer is read as the stream itself, so nothing is sent twice.
 // - A message too long for a URL goes with fetch() POST /chat/stream from the start.
+// - Every send carries its `client_message_id` (and `from_turn` when it rewrites the
+//   conversation): a send repeated after a network error, by the fallback above or by the
+//   person's Retry, replays the turn the first one started instead of sending it twice.
 
 import { ApiError, errorFromResponse } from "./api.js";
 
@@ -30,10 +33,13 @@ export function streamTurn(params, handlers) {
 }
 
 class TurnStream {
-  constructor({ sessionId, message = null, role = null, resumeFrom = null }, handlers) {
+  constructor({ sessionId, message = null, role = null, resumeFrom = null, fromTurn = null, clientMessageId = null },
+    handlers) {
     this.sessionId = sessionId;
     this.message = message;
     this.role = role;
+    this.fromTurn = fromTurn;
+    this.clientMessageId = clientMessageId;
     this.handlers = handlers;
     this.lastId = resumeFrom;
     this.received = 0;
@@ -80,6 +86,8 @@ class TurnStream {
     } else {
       url.searchParams.set("message", this.message);
       if (this.role) url.searchParams.set("role", this.role);
+      if (this.fromTurn) url.searchParams.set("from_turn", this.fromTurn);
+      if (this.clientMessageId) url.searchParams.set("client_message_id", this.clientMessageId);
     }
     return url;
   }
@@ -180,7 +188,10 @@ class TurnStream {
     if (this.lastId !== null) {
       return { method: "GET", headers: { ...headers, "Last-Event-ID": this.lastId }, credentials: "same-origin" };
     }
-    const body = { session_id: this.sessionId, message: this.message, ...(this.role ? { role: this.role } : {}) };
+    const body = { session_id: this.sessionId, message: this.message };
+    if (this.role) body.role = this.role;
+    if (this.fromTurn) body.from_turn = this.fromTurn;
+    if (this.clientMessageId) body.client_message_id = this.clientMessageId;
     return {
       method: "POST",
       headers: { ...headers, "Content-Type": "application/json" },
@@ -227,4 +238,10 @@ class TurnStream {
 
 function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** A new client_message_id: 32 random hex digits. */
+export function newClientMessageId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
 }

@@ -10,7 +10,12 @@ from fastapi import APIRouter, Body, Query, Response
 from personachat.admin.export import session_markdown
 from personachat.errors import InvalidRequest
 from personachat.readers import TurnReaders, follow
-from personachat.turns import TurnRequest, TurnService
+from personachat.turns import Replay, TurnRequest, TurnService
+from personachat.web.craft_schemas import (
+    CLIENT_MESSAGE_ID_DESCRIPTION,
+    CLIENT_MESSAGE_ID_PATTERN,
+    FROM_TURN_DESCRIPTION,
+)
 from personachat.web.deps import IdentityDep, PersonasDep, ReadersDep, SettingsDep, StoreDep, TurnsDep
 from personachat.web.params import ERRORS, LastEventIdHeader, LastEventIdQuery, SessionIdQuery
 from personachat.web.schemas import (
@@ -61,6 +66,10 @@ async def stream_get(
     session_id: SessionIdQuery,
     message: Annotated[str | None, Query(description="The user's message; left out when resuming.")] = None,
     role: Annotated[str | None, Query(description="Persona for this message.")] = None,
+    from_turn: Annotated[str | None, Query(description=FROM_TURN_DESCRIPTION)] = None,
+    client_message_id: Annotated[
+        str | None, Query(pattern=CLIENT_MESSAGE_ID_PATTERN, description=CLIENT_MESSAGE_ID_DESCRIPTION)
+    ] = None,
     last_event_id: LastEventIdQuery = None,
     last_event_id_header: LastEventIdHeader = None,
 ) -> Response:
@@ -75,7 +84,7 @@ async def stream_get(
     messages with POST /chat/stream.
     """
     resume = last_event_id_header or last_event_id
-    request = TurnRequest(identity.user_id, session_id, message or "", role)
+    request = TurnRequest(identity.user_id, session_id, message or "", role, from_turn, client_message_id)
     return await _stream(turns, readers, settings.sse_ping_seconds, request, resume, message is None)
 
 
@@ -92,7 +101,9 @@ async def stream_post(
 
     `message` is required, unless the request resumes a turn with `Last-Event-ID`.
     """
-    request = TurnRequest(identity.user_id, body.session_id, body.message or "", body.role)
+    request = TurnRequest(
+        identity.user_id, body.session_id, body.message or "", body.role, body.from_turn, body.client_message_id
+    )
     return await _stream(turns, readers, settings.sse_ping_seconds, request, last_event_id_header, body.message is None)
 
 
@@ -107,7 +118,13 @@ async def _stream(
     else:
         if no_message:
             raise InvalidRequest("'message' is required.")
-        reader = follow(await turns.start(request))
+        started = await turns.start(request)
+        if isinstance(started, Replay):  # a repeated send: its turn, from the start
+            reader = await readers.open(request.user, request.session_id, f"{started.turn_id}:0")
+            if reader is None:
+                return Response(status_code=204)
+        else:
+            reader = follow(started)
     return event_stream(reader, ping)
 
 
