@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     default_role: str = "assistant"
     max_personas_per_user: int = Field(100, ge=0, le=10_000)  # personas of one's own; 0: none
 
+    # Models and providers (personachat.models). Unset: one provider from OPENAI_*.
+    models_file: Path | None = None
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
 
@@ -102,7 +105,7 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("openai_base_url", "redis_url", "roles_file", mode="before")
+    @field_validator("openai_base_url", "redis_url", "roles_file", "models_file", mode="before")
     @classmethod
     def _empty_path_is_unset(cls, value: object) -> object:
         return None if value == "" else value

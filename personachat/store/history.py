@@ -45,12 +45,14 @@ COMMIT_ATTEMPTS = 4  # a turn's final commit rides over a short Redis outage (th
 # KEYS: session hash, lock, running zset, rate counter, messages list, turn stream, the user's
 #       own personas (a hash: the session's persona may be one of them)
 # ARGV: turn id, now ms, lease ms, max concurrent, rate limit, rate window ms, window size,
-#       stream ttl s, first event head, chosen role ('' for the session's), default role,
+#       (unused), (unused), chosen role ('' for the session's), default role,
 #       then the known roles (the catalog's).
 # The turn id is chosen by the caller, so a re-sent admission (a reply lost, the client
 # retrying) finds its own lease and answers ok again instead of "busy" (and a turn id whose
-# stream exists is never admitted again). The first event
-# (`head` + role + '"}') is written here too, in the same step.
+# stream exists is never admitted again). Returns the persona's key, the window and the
+# session's model ('' for none). The turn's first event is not written here: its `start`
+# carries the model and how much of the window fits it, which the caller works out from
+# this reply; the turn writes it (lease-checked) before it is announced (turns.py).
 _ADMIT_TURN = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
 local holder = redis.call('GET', KEYS[2])
@@ -66,7 +68,8 @@ local function window()
   if tonumber(ARGV[7]) > 0 then return redis.call('LRANGE', KEYS[5], -tonumber(ARGV[7]), -1) end
   return {}
 end
-if holder == ARGV[1] then return {'ok', role, window()} end
+local model = redis.call('HGET', KEYS[1], 'model') or ''
+if holder == ARGV[1] then return {'ok', role, window(), model} end
 if holder or redis.call('EXISTS', KEYS[6]) == 1 then return {'busy'} end
 local now, lease = tonumber(ARGV[2]), tonumber(ARGV[3])
 -- Counted without pruning: the first write of this script must be one that Redis refuses when
@@ -83,9 +86,7 @@ redis.call('SET', KEYS[2], ARGV[1], 'PX', lease)
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 redis.call('ZADD', KEYS[3], now + lease, ARGV[1])
 if redis.call('PTTL', KEYS[3]) < lease then redis.call('PEXPIRE', KEYS[3], lease) end
-redis.call('XADD', KEYS[6], '0-1', 's', 1, 'd', ARGV[9] .. role .. '"}')
-redis.call('EXPIRE', KEYS[6], ARGV[8])
-return {'ok', role, window()}
+return {'ok', role, window(), model}
 """
 
 # KEYS: session hash, messages, user index, lock, running zset, turn stream
@@ -226,16 +227,17 @@ class SessionInfo:
     last_activity: str
     messages: int
     running_turn_id: str | None = None
+    model: str | None = None  # the session's model, if one was chosen
 
 
 @dataclass
 class Admission:
-    """A turn admitted by `HistoryStore.admit_turn`: its persona, first event and prompt window."""
+    """A turn admitted by `HistoryStore.admit_turn`: its persona, prompt window and the session's model."""
 
     turn_id: str
     role: str
-    first_event: bytes
     window: list[dict[str, Any]] = field(default_factory=list)
+    model: str | None = None  # the session's model (POST /chat/start), if it has one
 
 
 @dataclass(frozen=True)
@@ -282,13 +284,15 @@ class HistoryStore:
     # -- sessions ---------------------------------------------------------------------
 
     @translate_redis_errors
-    async def create_session(self, user: str, role: str, title: str | None) -> SessionInfo:
+    async def create_session(self, user: str, role: str, title: str | None, model: str | None = None) -> SessionInfo:
         session_id = secrets.token_hex(16)  # 128 random bits
         now_ms = time.time() * 1000
         created = _iso_from_ms(now_ms)
         fields = {"role": role, "created_at": created, "last_activity": created}
         if title:
             fields["title"] = title
+        if model:
+            fields["model"] = model
         ttl = self._limits.history_ttl_seconds
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(self._keys.session(user, session_id), mapping=fields)
@@ -296,7 +300,7 @@ class HistoryStore:
             pipe.zadd(self._keys.sessions(user), {session_id: now_ms})
             pipe.expire(self._keys.sessions(user), ttl)
             await pipe.execute()
-        return SessionInfo(session_id, role, title or "", created, created, 0)
+        return SessionInfo(session_id, role, title or "", created, created, 0, model=model or None)
 
     @translate_redis_errors
     async def get_session(self, user: str, session_id: str) -> SessionInfo:
@@ -389,16 +393,15 @@ class HistoryStore:
         session_id: str,
         turn_id: str,
         *,
-        first_event_head: bytes,
         role: str | None,
         default_role: str,
         known_roles: Sequence[str],
     ) -> Admission:
-        """Atomically take the session's lease, write the turn's first event, read the prompt window.
+        """Atomically take the session's lease, read the prompt window and the session's model.
 
         The persona is `role`, else the session's own if it is one of `known_roles` or one of
-        the user's own personas, else `default_role`; the first event is `first_event_head` +
-        that key + '"}'. Safe to repeat with the same `turn_id`. Raises SessionNotFound, TurnInProgress (409) or
+        the user's own personas, else `default_role`. Writes no event (the turn writes its
+        `start`). Safe to repeat with the same `turn_id`. Raises SessionNotFound, TurnInProgress (409) or
         RateLimited (429).
         """
         if not is_session_id(session_id):
@@ -421,8 +424,8 @@ class HistoryStore:
             limits.rate_limit_per_minute,
             60_000,
             limits.history_window,
-            limits.turn_stream_ttl_seconds,
-            first_event_head,
+            "",  # unused slots, kept so that the script's arguments keep their places
+            "",
             role or "",
             default_role,
             *known_roles,
@@ -445,7 +448,7 @@ class HistoryStore:
             )
         chosen: bytes = reply[1]
         window = [_prompt_message(orjson.loads(item)) for item in reply[2]]
-        return Admission(turn_id, chosen.decode(), first_event_head + chosen + b'"}', window)
+        return Admission(turn_id, chosen.decode(), window, reply[3].decode() or None)
 
     @translate_redis_errors
     async def commit_turn(
@@ -555,4 +558,5 @@ def _session_info(session_id: str, meta: dict[bytes, bytes], lock: bytes | None,
         last_activity=text.get("last_activity", ""),
         messages=count,
         running_turn_id=lock.decode() if lock else None,
+        model=text.get("model") or None,
     )

@@ -22,6 +22,11 @@ or outside the prefix.
 Personas of one's own (store/personas.py), in the user's slot like the rest of their data:
 
     <prefix>:{<user>}:personas            HASH  persona key -> the persona, JSON (with its times)
+
+Token usage (store/usage.py), the user's totals, in the user's slot:
+
+    <prefix>:{<user>}:usage               HASH  prompt_tokens, completion_tokens, turns, and the
+                                                same per model as <kind>:<model id>
 """
 
 from __future__ import annotations
@@ -105,6 +110,15 @@ class KeySpace:
     def personas(self, user: str) -> str:
         return f"{self._user(user)}:personas"
 
+    # -- token usage (store/usage.py) -----------------------------------------------------
+
+    def usage(self, user: str) -> str:
+        return f"{self._user(user)}:usage"
+
+    def usage_pattern(self) -> str:
+        """A SCAN pattern matching every user's usage hash."""
+        return f"{self.prefix}:{{*}}:usage"
+
     def all_keys_pattern(self) -> str:
         """A SCAN pattern matching every key of the service (and nothing outside the prefix)."""
         return f"{self.prefix}:*"
@@ -139,6 +153,8 @@ class KeySpace:
         if kind == "stop" and is_turn_id(tail):
             return KeyName(kind, user, turn_id=tail)
         if kind == "personas" and not tail:  # personas of one's own
+            return KeyName(kind, user)
+        if kind == "usage" and not tail:  # token usage
             return KeyName(kind, user)
         return None
 

@@ -13,6 +13,7 @@ from fastapi import Depends, Request
 
 from config import Settings
 from personachat.identity import Identity, IdentityResolver
+from personachat.llm import Models
 from personachat.personas import PersonaResolver
 from personachat.readers import TurnReaders
 from personachat.store.api_keys import ApiKeyStore
@@ -20,6 +21,7 @@ from personachat.store.client import Redis
 from personachat.store.history import HistoryStore
 from personachat.store.keys import KeySpace
 from personachat.store.maintenance import Maintenance
+from personachat.store.usage import UsageStore
 from personachat.turns import TurnService
 
 
@@ -33,6 +35,8 @@ class Services:
     api_keys: ApiKeyStore
     identity: IdentityResolver
     personas: PersonaResolver
+    models: Models | None = None  # set by the lifespan (models and providers)
+    usage: UsageStore | None = None
 
 
 async def get_services(request: Request) -> Services:
@@ -74,6 +78,16 @@ async def get_maintenance(services: ServicesDep) -> Maintenance:
     return Maintenance(services.redis, keys, history_ttl_seconds=services.settings.history_ttl_seconds)
 
 
+async def get_models(services: ServicesDep) -> Models:
+    assert services.models is not None  # the lifespan sets it
+    return services.models
+
+
+async def get_usage(services: ServicesDep) -> UsageStore:
+    assert services.usage is not None  # the lifespan sets it
+    return services.usage
+
+
 IdentityDep = Annotated[Identity, Depends(get_identity)]
 StoreDep = Annotated[HistoryStore, Depends(get_store)]
 TurnsDep = Annotated[TurnService, Depends(get_turns)]
@@ -81,3 +95,5 @@ ReadersDep = Annotated[TurnReaders, Depends(get_readers)]
 PersonasDep = Annotated[PersonaResolver, Depends(get_personas)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MaintenanceDep = Annotated[Maintenance, Depends(get_maintenance)]
+ModelsDep = Annotated[Models, Depends(get_models)]
+UsageDep = Annotated[UsageStore, Depends(get_usage)]

@@ -17,6 +17,7 @@ class StartRequest(BaseModel):
 
     role: str | None = Field(None, description="Persona key from /roles; the default persona when omitted.")
     title: str | None = Field(None, max_length=200, description="Shown in the session list; else the first message.")
+    model: str | None = Field(None, max_length=100, description="The session's model, an id from GET /models.")
 
 
 class StartResponse(BaseModel):
@@ -24,6 +25,7 @@ class StartResponse(BaseModel):
     role: str
     welcome_message: str = Field(description="For display only: not stored, not sent to the model.")
     created_at: str
+    model: str | None = Field(None, description="The session's model, when one was chosen.")
 
 
 def _message_required(schema: dict[str, Any]) -> None:
@@ -44,6 +46,7 @@ class StreamRequest(BaseModel):
     session_id: str
     message: str | None = None  # see _message_required: None only when resuming
     role: str | None = Field(None, description="Persona for this message (and the session from now on).")
+    model: str | None = Field(None, max_length=100, description="The model for this message, an id from GET /models.")
 
 
 class Message(BaseModel):
@@ -173,3 +176,27 @@ def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
     if len(choices) != 2 or len(others) != 1:
         return schema
     return {**others[0], **{key: value for key, value in schema.items() if key != "anyOf"}}
+
+
+class ModelInfo(BaseModel):
+    id: str
+    provider: str
+    context_window: int
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
+    default_model: str
+
+
+class ModelUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    turns: int
+
+
+class UsageResponse(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    turns: int = Field(description="Turns whose provider reported their usage.")
+    by_model: dict[str, ModelUsage]
