@@ -15,7 +15,8 @@ refused by the provider:
   the prompt PROMPT_OVERHEAD (the tokens that start the answer).
 
 `fit` keeps the newest history messages that fit beside the system prompt, the new message
-and the model's `max_output_tokens`; the oldest are dropped first. A new message that cannot
+and the model's `max_output_tokens`; the oldest are dropped first (and a kept answer whose
+question was dropped goes too). A new message that cannot
 fit even with no history is `TooLongForModel` (413), before anything is stored.
 """
 
@@ -94,7 +95,12 @@ def fit(
         used += cost
         kept += 1
     history = window[len(window) - kept :] if kept else []
-    return Fit(history, len(window) - kept, used + PROMPT_OVERHEAD)
+    if history and kept < len(window) and history[0].get("role") == "assistant":
+        # An answer without its question would break the user/assistant alternation that
+        # some chat templates require: it goes with the question.
+        used -= message_tokens(history[0])
+        history = history[1:]
+    return Fit(history, len(window) - len(history), used + PROMPT_OVERHEAD)
 
 
 def check_alone(system_prompt: str, message: str, *, model: str, context_window: int, max_output: int | None) -> None:

@@ -218,6 +218,12 @@ def _parse_lines(lines: list[bytes], completion: Completion) -> str:
                 error = event["error"]
                 detail = error.get("message") if isinstance(error, dict) else str(error)
                 raise UpstreamError("upstream_error", f"The model reported an error: {detail}")
+            usage = event.get("usage")
+            if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
+                completion.usage = {
+                    "prompt_tokens": usage["prompt_tokens"],
+                    "completion_tokens": int(usage.get("completion_tokens") or 0),
+                }
             for choice in event.get("choices") or ():
                 content = (choice.get("delta") or {}).get("content")
                 if content:
