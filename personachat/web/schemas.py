@@ -70,6 +70,7 @@ class HistoryResponse(BaseModel):
     running_turn_id: str | None = Field(
         None, description="The turn being generated now; resume it with last_event_id=<turn id>:0."
     )
+    model: str | None = Field(None, description="The session's model (POST /chat/start), if one was chosen.")
 
 
 class SessionSummary(BaseModel):

@@ -9,6 +9,7 @@ import { api } from "./api.js";
 import { Conversation, element } from "./conversation.js";
 import { confirm, copyText, toast } from "./feedback.js";
 import { applyTranslations, detectLanguage, hasKey, language, setLanguage, t } from "./i18n.js";
+import { labelAnswer, ModelPicker } from "./models.js";
 import { PersonaEditor } from "./personas.js";
 import { pendingFor, savedSession, saveSession, setPending } from "./saved.js";
 import { Sidebar } from "./sidebar.js";
@@ -58,6 +59,7 @@ const state = {
 let conversation;
 let sidebar;
 let editor;
+let models;
 
 init();
 
@@ -90,12 +92,15 @@ async function init() {
     messageFor,
   });
   bindControls();
+  models = new ModelPicker({ wrapper: $("model-picker"), select: $("model-select"), load: api.models });
+  const modelsLoaded = models.load();
   try {
     await loadRoles();
   } catch (error) {
     conversation.addAnswer("").fail(() => messageFor(error), { onRetry: () => location.reload() });
   }
   const sessionsLoaded = refreshSessions();
+  await modelsLoaded;
   const saved = savedSession();
   if (saved) await openSession(saved, { restoring: true });
   else showDraft();
@@ -271,6 +276,7 @@ function showDraft() {
   saveSession(null);
   conversation.clear();
   sidebar.setCurrent(null);
+  models.open(null); // a new chat keeps the picker's current choice
   updatePersonaUi();
   updateChrome();
   ui.input.focus();
@@ -311,6 +317,7 @@ async function openSession(id, { restoring = false } = {}) {
   conversation.clear();
   for (const message of history.messages) showStored(message);
   selectRole(history.role);
+  models.open(id, history.model);
   sidebar.setCurrent(id);
   const pending = pendingFor(id);
   if (history.running_turn_id) {
@@ -341,6 +348,7 @@ function showStored(message) {
   } else {
     const answer = conversation.addAnswer(personaName(message.persona));
     answer.showStored(message.content, { stopped: Boolean(message.stopped) });
+    labelAnswer(answer, message.model, message.usage);
   }
 }
 
@@ -410,12 +418,13 @@ async function send(message, role, userRow = null) {
   let sessionId = state.sessionId;
   if (!sessionId) {
     try {
-      const started = await api.start(role);
+      const started = await api.start(role, models.value());
       sessionId = started.session_id;
       state.sessionId = sessionId;
       state.sessionRole = started.role;
       state.title = "";
       saveSession(sessionId);
+      models.remember(sessionId);
       sidebar.setCurrent(sessionId);
       if (started.welcome_message) {
         conversation.addAnswer(personaName(started.role), { welcome: true }).showStored(started.welcome_message);
@@ -445,7 +454,8 @@ function follow({ sessionId, answer, message, role, userRow, resumeFrom }) {
   const turn = { sessionId, answer, message, role, userRow, turnId: null, stream: null, recoveries: 0 };
   state.turn = turn;
   setStreaming(true);
-  turn.stream = streamTurn({ sessionId, message, role, resumeFrom }, handlersFor(turn));
+  const model = message !== null && resumeFrom === null ? models.value() : null;
+  turn.stream = streamTurn({ sessionId, message, role, resumeFrom, model }, handlersFor(turn));
 }
 
 function handlersFor(turn) {
@@ -455,6 +465,7 @@ function handlersFor(turn) {
       if (!current()) return;
       turn.turnId = event.turn_id;
       turn.answer.setPersona(personaName(event.role));
+      labelAnswer(turn.answer, event.model);
       state.sessionRole = event.role;
       updatePersonaUi();
       if (turn.message !== null) setPending(turn.sessionId, { message: turn.message, role: turn.role, turnId: event.turn_id });
@@ -469,6 +480,7 @@ function handlersFor(turn) {
       endTurn(turn);
       const stopped = event.finish_reason === "stopped";
       turn.answer.finish({ stopped });
+      if (event.usage) labelAnswer(turn.answer, turn.answer.row.querySelector(".answer-model")?.dataset.model, event.usage);
       if (stopped) conversation.announce(t("stoppedAnnounce"));
       setPending(turn.sessionId, null);
       refreshSessions();

@@ -30,10 +30,11 @@ export function streamTurn(params, handlers) {
 }
 
 class TurnStream {
-  constructor({ sessionId, message = null, role = null, resumeFrom = null }, handlers) {
+  constructor({ sessionId, message = null, role = null, resumeFrom = null, model = null }, handlers) {
     this.sessionId = sessionId;
     this.message = message;
     this.role = role;
+    this.model = model;
     this.handlers = handlers;
     this.lastId = resumeFrom;
     this.received = 0;
@@ -80,6 +81,7 @@ class TurnStream {
     } else {
       url.searchParams.set("message", this.message);
       if (this.role) url.searchParams.set("role", this.role);
+      if (this.model) url.searchParams.set("model", this.model);
     }
     return url;
   }
@@ -181,6 +183,7 @@ class TurnStream {
       return { method: "GET", headers: { ...headers, "Last-Event-ID": this.lastId }, credentials: "same-origin" };
     }
     const body = { session_id: this.sessionId, message: this.message, ...(this.role ? { role: this.role } : {}) };
+    if (this.model) body.model = this.model;
     return {
       method: "POST",
       headers: { ...headers, "Content-Type": "application/json" },

@@ -152,6 +152,7 @@ async def history(
         messages=messages,  # type: ignore[arg-type]
         total=len(messages),
         running_turn_id=session.running_turn_id,
+        model=session.model,
     )
 
 
