@@ -177,7 +177,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         own_body_bounds=BOUNDED_BY_THEIR_ROUTE,
     )
     install_error_handlers(app)
-    install_openapi(app, personas.keys, settings.max_message_chars)
+    install_openapi(app, personas.keys, settings.max_message_chars, registry.ids)
     return app
 
 

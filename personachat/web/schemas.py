@@ -128,9 +128,12 @@ class ErrorResponse(BaseModel):
     detail: str = Field(description="Human-readable message.")
 
 
-def install_openapi(app: FastAPI, role_keys: list[str], max_message_chars: int) -> None:
+def install_openapi(
+    app: FastAPI, role_keys: list[str], max_message_chars: int, model_ids: list[str] | None = None
+) -> None:
     """Make /openapi.json say what this app accepts: the persona keys of its catalog as the
-    choices of every `role`, and MAX_MESSAGE_CHARS as the longest `message`."""
+    choices of every `role`, the listed models as those of every `model`, and
+    MAX_MESSAGE_CHARS as the longest `message`."""
     build: Callable[[], dict[str, Any]] = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -141,6 +144,9 @@ def install_openapi(app: FastAPI, role_keys: list[str], max_message_chars: int) 
                 properties["role"] = _nullable_choice(properties["role"], role_keys)
                 if "message" in properties:
                     properties["message"]["maxLength"] = max_message_chars
+            for name, component in schema["components"]["schemas"].items():
+                if model_ids and name in ("StartRequest", "StreamRequest", "PersonaDraft"):
+                    component["properties"]["model"] = _nullable_choice(component["properties"]["model"], model_ids)
             for path in schema["paths"].values():
                 for operation in path.values():
                     for parameter in operation.get("parameters", []):
@@ -149,6 +155,8 @@ def install_openapi(app: FastAPI, role_keys: list[str], max_message_chars: int) 
                 for parameter in operation.get("parameters", []):
                     if parameter["name"] == "role":
                         parameter["schema"] = {**parameter["schema"], "enum": role_keys}
+                    elif parameter["name"] == "model" and model_ids:
+                        parameter["schema"] = {**parameter["schema"], "enum": model_ids}
                     elif parameter["name"] == "message":
                         # Required for a send, like the body's (see _message_required).
                         parameter["required"] = True
