@@ -9,11 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import redis
+from typer.testing import CliRunner
 
 from config import Settings
 from main import create_app
+from personachat.admin.cli import app as chatctl
 from personachat.context import message_tokens
 from personachat.demo_model import DemoModel
 from personachat.models import ModelsFileError
@@ -210,6 +213,14 @@ def test_usage_comes_from_a_provider_that_reports_it_and_is_totalled_per_user(
         assert stranger.get("/usage").json() == {"prompt_tokens": 0, "completion_tokens": 0, "turns": 0, "by_model": {}}
     metrics = http.get("/metrics").text
     assert 'chat_tokens_total{kind="prompt",model="alpha"}' in metrics
+    # And the operator sees the same with `chatctl usage`.
+    settings = models_service.settings
+    env = {"REDIS_URL": str(settings.redis_url), "REDIS_PREFIX": settings.redis_prefix, "REDIS_CLUSTER": "false"}
+    result = CliRunner().invoke(chatctl, ["usage", "--json"], env={**env, "DATA_DIR": str(settings.data_dir)})
+    assert result.exit_code == 0, result.stderr
+    report = orjson.loads(result.stdout)
+    assert report["total"] == {k: totals[k] for k in ("prompt_tokens", "completion_tokens", "turns")}
+    assert list(report["users"].values()) == [totals]
 
 
 def test_the_prompt_drops_the_oldest_messages_to_fit_a_small_context_window(

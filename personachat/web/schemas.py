@@ -81,6 +81,7 @@ class SessionSummary(BaseModel):
     last_activity: str
     messages: int
     running_turn_id: str | None = None
+    model: str | None = Field(None, description="The session's model, if one was chosen (else each message's).")
 
 
 class SessionsResponse(BaseModel):
