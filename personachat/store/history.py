@@ -45,7 +45,8 @@ COMMIT_ATTEMPTS = 4  # a turn's final commit rides over a short Redis outage (th
 # KEYS: session hash, lock, running zset, rate counter, messages list, turn stream, the user's
 #       own personas (a hash: the session's persona may be one of them)
 # ARGV: turn id, now ms, lease ms, max concurrent, rate limit, rate window ms, window size,
-#       (unused), (unused), chosen role ('' for the session's), default role,
+#       stream ttl s (unused here now), (unused: was the first event's head), chosen role
+#       ('' for the session's), default role,
 #       then the known roles (the catalog's).
 # The turn id is chosen by the caller, so a re-sent admission (a reply lost, the client
 # retrying) finds its own lease and answers ok again instead of "busy" (and a turn id whose
@@ -424,8 +425,8 @@ class HistoryStore:
             limits.rate_limit_per_minute,
             60_000,
             limits.history_window,
-            "",  # unused slots, kept so that the script's arguments keep their places
-            "",
+            limits.turn_stream_ttl_seconds,
+            "",  # the first event's head once: the slot is kept so that the arguments keep their places
             role or "",
             default_role,
             *known_roles,

@@ -83,7 +83,7 @@ async def stream_get(
     messages with POST /chat/stream.
     """
     resume = last_event_id_header or last_event_id
-    request = TurnRequest(identity.user_id, session_id, message or "", role, model)
+    request = TurnRequest(identity.user_id, session_id, message or "", role, model=model)
     return await _stream(turns, readers, settings.sse_ping_seconds, request, resume, message is None)
 
 
@@ -100,7 +100,7 @@ async def stream_post(
 
     `message` is required, unless the request resumes a turn with `Last-Event-ID`.
     """
-    request = TurnRequest(identity.user_id, body.session_id, body.message or "", body.role, body.model)
+    request = TurnRequest(identity.user_id, body.session_id, body.message or "", body.role, model=body.model)
     return await _stream(turns, readers, settings.sse_ping_seconds, request, last_event_id_header, body.message is None)
 
 
