@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     # Automatic session titles (titles.py); unset: on with a real model, off with the demo model.
     auto_title: bool | None = None
 
+    # Models and providers (personachat.models). Unset: one provider from OPENAI_*.
+    models_file: Path | None = None
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
 
@@ -105,7 +108,7 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("openai_base_url", "redis_url", "roles_file", mode="before")
+    @field_validator("openai_base_url", "redis_url", "roles_file", "models_file", mode="before")
     @classmethod
     def _empty_path_is_unset(cls, value: object) -> object:
         return None if value == "" else value

@@ -24,7 +24,8 @@ from personachat import __version__
 from personachat.demo_model import DemoModel, RunningDemoModel
 from personachat.embedded_redis import EmbeddedRedis
 from personachat.identity import IdentityResolver
-from personachat.llm import ModelClient, create_openai_client
+from personachat.llm import ModelClient, Models, create_openai_client
+from personachat.models import check_persona_models, load_models
 from personachat.personas import PersonaResolver, load_catalog
 from personachat.readers import TurnReaders
 from personachat.store.api_keys import ApiKeyStore
@@ -34,6 +35,7 @@ from personachat.store.keys import KeySpace
 from personachat.store.limits import IdentityLimits
 from personachat.store.personas import PersonaStore
 from personachat.store.turnlog import TurnLog
+from personachat.store.usage import UsageStore
 from personachat.titles import Titles
 from personachat.turns import TurnService
 from personachat.web.deps import Services
@@ -53,6 +55,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     setting or roles file stops start-up with a readable message."""
     settings = settings or Settings()
     personas = load_catalog(settings.roles_file, settings.default_role)
+    registry = load_models(settings)
+    pinned = {persona.key: persona.model for persona in personas}
+    check_persona_models(registry, pinned, f"roles file {settings.roles_file}" if settings.roles_file else "personas")
     secret_key = settings.resolved_secret_key()
 
     @contextlib.asynccontextmanager
@@ -64,23 +69,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await asyncio.to_thread(embedded.start)
                 stack.callback(embedded.stop)
                 redis_url = embedded.url
-            base_url: str | None
-            if settings.uses_demo_model:
-                demo = RunningDemoModel(DemoModel(delay_ms=DEMO_DELAY_MS, record=False))
-                await demo.start()
-                stack.push_async_callback(demo.aclose)
-                api_key, base_url, model_name = "offline-demo", demo.base_url, "offline-demo"
-            else:
-                key = settings.openai_api_key
-                api_key = key.get_secret_value() if key else "not-needed"
-                base_url, model_name = settings.openai_base_url, settings.openai_model
-            openai_client = create_openai_client(
-                api_key=api_key,
-                base_url=base_url,
-                timeout=settings.upstream_timeout_seconds,
-                max_retries=settings.upstream_max_retries,
-            )
-            stack.push_async_callback(openai_client.close)
+            # One shared HTTP client per provider, closed with the app.
+            clients: dict[str, ModelClient] = {}
+            for provider in registry.providers.values():
+                base_url = provider.base_url
+                api_key = provider.api_key.get_secret_value() if provider.api_key else "not-needed"
+                if provider.demo:
+                    demo = RunningDemoModel(DemoModel(delay_ms=DEMO_DELAY_MS, record=False, usage=True))
+                    await demo.start()
+                    stack.push_async_callback(demo.aclose)
+                    api_key, base_url = "offline-demo", demo.base_url
+                openai_client = create_openai_client(
+                    api_key=api_key,
+                    base_url=base_url,
+                    timeout=settings.upstream_timeout_seconds,
+                    max_retries=settings.upstream_max_retries,
+                )
+                stack.push_async_callback(openai_client.close)
+                clients[provider.name] = ModelClient(
+                    openai_client,
+                    registry.default_model,
+                    settings.upstream_timeout_seconds,
+                    provider=provider.name,
+                    stream_usage=provider.stream_usage,
+                )
+            models = Models(registry, clients)
             pool = settings.redis_max_connections
             redis = create_redis(redis_url, cluster=settings.redis_cluster, max_connections=pool)
             stack.push_async_callback(redis.aclose)
@@ -93,14 +106,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             turn_log = TurnLog(redis, keys, settings.turn_stream_ttl_seconds, blocking_redis)
             own = PersonaStore(redis, keys, ttl_seconds=settings.history_ttl_seconds)
             resolver = PersonaResolver(personas, own, max_per_user=settings.max_personas_per_user)
-            model_client = ModelClient(openai_client, model_name, settings.upstream_timeout_seconds)
-            titles = Titles(store, model_client) if settings.auto_titles else None
+            resolver.model_ids = frozenset(registry.ids)
+            usage = UsageStore(redis, keys, ttl_seconds=settings.history_ttl_seconds)
+            titles = Titles(store, models) if settings.auto_titles else None
             turns = TurnService(
                 redis,
                 store,
                 turn_log,
                 resolver,
-                model_client,
+                models,
+                usage=usage,
                 max_message_chars=settings.max_message_chars,
                 turn_timeout=settings.turn_timeout_seconds,
                 max_turn_events=settings.max_turn_events,
@@ -117,12 +132,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             readers = TurnReaders(turns, store, turn_log)
             app.state.services = Services(settings, redis, store, turns, readers, api_keys, identity, resolver)
+            app.state.services.models, app.state.services.usage = models, usage
             app.state.demo_model = settings.uses_demo_model
             turns.start_background()
             stack.enter_context(_on_exit_signal(turns.begin_shutdown))
             logger.info(
-                "ready: model=%s redis=%s",
-                "offline demo" if settings.uses_demo_model else model_name,
+                "ready: models=%s redis=%s",
+                "offline demo" if settings.uses_demo_model else ", ".join(registry.ids),
                 "embedded" if settings.redis_url is None else "configured",
             )
             try:
@@ -164,7 +180,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         own_body_bounds=BOUNDED_BY_THEIR_ROUTE,
     )
     install_error_handlers(app)
-    install_openapi(app, personas.keys, settings.max_message_chars)
+    install_openapi(app, personas.keys, settings.max_message_chars, registry.ids)
     return app
 
 

@@ -24,8 +24,13 @@ visitor. Even when on, numbers are capped (MAX_CHUNKS, MAX_DELAY_MS).
     [[error_after=K]]   send K chunks, then an `error` object inside the stream
     [[garbage]]         send a data line that is not JSON
 
-Every request body is recorded in `DemoModel.requests`, so tests can assert the exact
-prompt that went upstream.
+Every request body is recorded in `DemoModel.requests` (and its Authorization header in
+`DemoModel.keys`), so tests can assert the exact prompt that went upstream, and where.
+
+Options for playing a provider: `usage=True` sends a usage chunk when the request asks for
+it (`stream_options.include_usage`); `api_key="k"` refuses (401) requests without
+`Authorization: Bearer k`; `max_prompt_chars=N` refuses (400 `context_length_exceeded`) a
+prompt whose messages hold more than N characters.
 """
 
 from __future__ import annotations
@@ -55,13 +60,25 @@ class DemoModel:
     """The demo model's behaviour and its record of requests; `app` is its ASGI app."""
 
     def __init__(
-        self, *, delay_ms: float = 0.0, record: bool = True, directives: bool = False, model_name: str = "offline-demo"
+        self,
+        *,
+        delay_ms: float = 0.0,
+        record: bool = True,
+        directives: bool = False,
+        model_name: str = "offline-demo",
+        usage: bool = False,
+        api_key: str | None = None,
+        max_prompt_chars: int | None = None,
     ) -> None:
         self.delay_ms = delay_ms
         self.directives = directives
         self.record = record
         self.model_name = model_name
+        self.usage = usage
+        self.api_key = api_key
+        self.max_prompt_chars = max_prompt_chars
         self.requests: list[dict[str, Any]] = []
+        self.keys: list[str] = []  # the Authorization header of each recorded request
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._completions, methods=["POST"]),
@@ -81,6 +98,17 @@ class DemoModel:
             return _error(400, "invalid_request_error", "expected a JSON body with messages and a user message")
         if self.record:
             self.requests.append(body)
+            self.keys.append(request.headers.get("authorization", ""))
+        if self.api_key is not None and request.headers.get("authorization") != f"Bearer {self.api_key}":
+            return _error(401, "invalid_request_error", "Incorrect API key provided.", "invalid_api_key")
+        size = sum(len(str(m.get("content", ""))) for m in messages)
+        if self.max_prompt_chars is not None and size > self.max_prompt_chars:
+            return _error(
+                400,
+                "invalid_request_error",
+                "This model's maximum context length is exceeded.",
+                "context_length_exceeded",
+            )
         directives = _directives(str(last_user)) if self.directives else {}
         if "status" in directives:
             code = directives["status"]
@@ -89,11 +117,20 @@ class DemoModel:
         delay = directives.get("delay_ms", self.delay_ms) / 1000
         if not body.get("stream"):
             return JSONResponse(_completion(body.get("model", self.model_name), "".join(pieces)))
-        stream = self._stream(body.get("model", self.model_name), pieces, delay, directives)
+        options = body.get("stream_options")
+        usage = None
+        if self.usage and isinstance(options, dict) and options.get("include_usage"):
+            usage = {"prompt_tokens": size // 4 + len(messages), "completion_tokens": len(pieces)}
+        stream = self._stream(body.get("model", self.model_name), pieces, delay, directives, usage)
         return StreamingResponse(stream, media_type="text/event-stream")
 
     async def _stream(
-        self, model: str, pieces: list[str], delay: float, directives: dict[str, int]
+        self,
+        model: str,
+        pieces: list[str],
+        delay: float,
+        directives: dict[str, int],
+        usage: dict[str, int] | None = None,
     ) -> AsyncIterator[bytes]:
         created = int(time.time())
         head = {"id": "chatcmpl-demo", "object": "chat.completion.chunk", "created": created, "model": model}
@@ -117,6 +154,9 @@ class DemoModel:
                 await asyncio.sleep(delay)
             yield _sse({**head, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
         yield _sse({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        if usage is not None:  # as OpenAI sends it: a last chunk with no choices
+            total = usage["prompt_tokens"] + usage["completion_tokens"]
+            yield _sse({**head, "choices": [], "usage": {**usage, "total_tokens": total}})
         yield b"data: [DONE]\n\n"
 
 
@@ -170,8 +210,8 @@ def _completion(model: str, text: str) -> dict[str, Any]:
     }
 
 
-def _error(status: int, kind: str, message: str) -> Response:
-    return JSONResponse({"error": {"message": message, "type": kind, "code": None}}, status_code=status)
+def _error(status: int, kind: str, message: str, code: str | None = None) -> Response:
+    return JSONResponse({"error": {"message": message, "type": kind, "code": code}}, status_code=status)
 
 
 class _QuietServer(uvicorn.Server):

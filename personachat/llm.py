@@ -16,6 +16,12 @@ retry pause to be reported. The budget covers everything up to the first byte, t
 retries included (so they only happen when they fit: after a refused or reset connection, a
 429 or a 5xx), and starts again for each wait between reads.
 
+Several providers may be configured (`MODELS_FILE`, personachat.models): `Models` holds one
+`ModelClient` per provider, each with its own shared HTTP client made in the app's lifespan.
+Error messages name the provider (never its key). Token usage is asked for with
+`stream_options: {"include_usage": true}` unless the provider is configured not to
+(`stream_usage: false`), and read from the stream's last chunk when it comes.
+
 Every failure leaves this module as an `UpstreamError` with a stable code:
 
     upstream_unreachable   connection refused or reset before an answer
@@ -25,6 +31,7 @@ Every failure leaves this module as an `UpstreamError` with a stable code:
     upstream_rate_limited  429 from the model's API
     model_not_found        404: no such model (or wrong base URL)
     upstream_bad_request   400: the API refused the request
+    context_length_exceeded 400 with that code: the prompt is longer than the model takes
     upstream_error         5xx, or an error object inside the stream
     upstream_stream_cut    the stream ended before the model finished
     upstream_bad_response  the stream was not OpenAI-compatible JSON
@@ -42,6 +49,7 @@ import openai
 import orjson
 
 from personachat.errors import UpstreamError, UpstreamTimeout
+from personachat.models import ModelEntry, ModelRegistry
 
 
 def create_openai_client(*, api_key: str, base_url: str | None, timeout: float, max_retries: int) -> openai.AsyncOpenAI:
@@ -62,13 +70,33 @@ class Completion:
     """What a finished stream reported, filled in as the stream is read."""
 
     finish_reason: str | None = None
+    usage: dict[str, int] | None = None  # {"prompt_tokens", "completion_tokens"}, when reported
+
+
+class ContextLengthExceeded(UpstreamError):
+    """The provider says the prompt does not fit the model (a 400 `context_length_exceeded`)."""
+
+    def __init__(self, provider: str) -> None:
+        super().__init__("context_length_exceeded", f"The prompt is too long for the model ({_of(provider)}).")
 
 
 class ModelClient:
-    def __init__(self, client: openai.AsyncOpenAI, default_model: str, timeout: float) -> None:
+    """One provider: its shared AsyncOpenAI client and how to talk to it."""
+
+    def __init__(
+        self,
+        client: openai.AsyncOpenAI,
+        default_model: str,
+        timeout: float,
+        *,
+        provider: str = "openai",
+        stream_usage: bool = True,
+    ) -> None:
         self._client = client
         self.default_model = default_model
         self._timeout = timeout
+        self.provider = provider
+        self.stream_usage = stream_usage
 
     async def stream(
         self,
@@ -77,11 +105,17 @@ class ModelClient:
         *,
         model: str | None = None,
         temperature: float | None = None,
+        max_tokens: int | None = None,
     ) -> AsyncIterator[str]:
-        """Yield the answer's text as it arrives; set `completion.finish_reason` at the end."""
+        """Yield the answer's text as it arrives; set `completion.finish_reason` (and `usage`,
+        when the provider reports it) at the end."""
         options: dict[str, Any] = {}
         if temperature is not None:
             options["temperature"] = temperature
+        if max_tokens is not None:
+            options["max_tokens"] = max_tokens
+        if self.stream_usage:
+            options["stream_options"] = {"include_usage": True}
         loop = asyncio.get_running_loop()
         try:
             # The budget: UPSTREAM_TIMEOUT_SECONDS for everything before the first byte of the
@@ -105,24 +139,66 @@ class ModelClient:
                             yield text
                         budget.reschedule(loop.time() + self._timeout)
                     # Read to the end of the body even after the finish reason, so that the
-                    # connection goes back to the pool instead of being closed.
+                    # connection goes back to the pool instead of being closed (and the usage
+                    # chunk, which follows the finish reason, is read).
                     if completion.finish_reason is not None:
                         return
         except TimeoutError as exc:  # the budget ran out
             raise UpstreamTimeout(self._timeout) from exc
         except openai.APIStatusError as exc:
-            raise _status_error(exc) from exc
+            raise _status_error(exc, self.provider) from exc
         except openai.APITimeoutError as exc:
             if _refused(exc):
-                raise UpstreamError("upstream_unreachable", "The model's API could not be reached.") from exc
+                raise UpstreamError(
+                    "upstream_unreachable", f"The model's API ({_of(self.provider)}) could not be reached."
+                ) from exc
             raise UpstreamTimeout(self._timeout) from exc
         except openai.APIConnectionError as exc:
-            raise UpstreamError("upstream_unreachable", "The model's API could not be reached.") from exc
+            raise UpstreamError(
+                "upstream_unreachable", f"The model's API ({_of(self.provider)}) could not be reached."
+            ) from exc
         except httpx2.TimeoutException as exc:
             raise UpstreamTimeout(self._timeout) from exc
         except httpx2.TransportError as exc:
-            raise UpstreamError("upstream_stream_cut", "The model's stream was cut off.") from exc
-        raise UpstreamError("upstream_stream_cut", "The model's stream ended before the answer was complete.")
+            raise UpstreamError(
+                "upstream_stream_cut", f"The model's stream ({_of(self.provider)}) was cut off."
+            ) from exc
+        raise UpstreamError(
+            "upstream_stream_cut", f"The model's stream ({_of(self.provider)}) ended before the answer was complete."
+        )
+
+
+class Models:
+    """The registry of models and one `ModelClient` per provider."""
+
+    def __init__(self, registry: ModelRegistry, clients: dict[str, ModelClient]) -> None:
+        self.registry = registry
+        self.clients = clients
+
+    @classmethod
+    def single(cls, client: ModelClient, context_window: int = 8192) -> Models:
+        """One provider with the one model its client defaults to (tests, simple wiring)."""
+        from personachat.models import Provider
+
+        entry = ModelEntry(client.default_model, client.provider, client.default_model, context_window)
+        registry = ModelRegistry([Provider(client.provider, None, None)], [entry], entry.id)
+        return cls(registry, {client.provider: client})
+
+    def stream(
+        self,
+        entry: ModelEntry,
+        messages: list[dict[str, Any]],
+        completion: Completion,
+        *,
+        temperature: float | None = None,
+    ) -> AsyncIterator[str]:
+        return self.clients[entry.provider].stream(
+            messages,
+            completion,
+            model=entry.upstream,
+            temperature=temperature,
+            max_tokens=entry.max_output_tokens,
+        )
 
 
 def _parse_lines(lines: list[bytes], completion: Completion) -> str:
@@ -142,6 +218,12 @@ def _parse_lines(lines: list[bytes], completion: Completion) -> str:
                 error = event["error"]
                 detail = error.get("message") if isinstance(error, dict) else str(error)
                 raise UpstreamError("upstream_error", f"The model reported an error: {detail}")
+            usage = event.get("usage")
+            if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
+                completion.usage = {
+                    "prompt_tokens": usage["prompt_tokens"],
+                    "completion_tokens": int(usage.get("completion_tokens") or 0),
+                }
             for choice in event.get("choices") or ():
                 content = (choice.get("delta") or {}).get("content")
                 if content:
@@ -167,14 +249,36 @@ def _refused(exc: BaseException) -> bool:
     return False
 
 
-def _status_error(exc: openai.APIStatusError) -> UpstreamError:
+def _of(provider: str) -> str:
+    return f"provider {provider!r}"
+
+
+def _status_error(exc: openai.APIStatusError, provider: str) -> UpstreamError:
     status = exc.status_code
+    where = _of(provider)
     if status in (401, 403):
-        return UpstreamError("upstream_auth", "The model's API refused our credentials (check OPENAI_API_KEY).")
+        return UpstreamError("upstream_auth", f"The model's API ({where}) refused our credentials (check its key).")
     if status == 429:
-        return UpstreamError("upstream_rate_limited", "The model's API is rate limiting us; try again shortly.")
+        return UpstreamError(
+            "upstream_rate_limited", f"The model's API ({where}) is rate limiting us; try again shortly."
+        )
     if status == 404:
-        return UpstreamError("model_not_found", "The model was not found (check OPENAI_MODEL and OPENAI_BASE_URL).")
+        return UpstreamError("model_not_found", f"The model was not found ({where}: check the model and base URL).")
+    if status == 400 and _error_code(exc) == "context_length_exceeded":
+        return ContextLengthExceeded(provider)
     if 400 <= status < 500:
-        return UpstreamError("upstream_bad_request", f"The model's API rejected the request (HTTP {status}).")
-    return UpstreamError("upstream_error", f"The model's API failed (HTTP {status}).")
+        return UpstreamError("upstream_bad_request", f"The model's API ({where}) rejected the request (HTTP {status}).")
+    return UpstreamError("upstream_error", f"The model's API ({where}) failed (HTTP {status}).")
+
+
+def _error_code(exc: openai.APIStatusError) -> str | None:
+    """The `code` of an OpenAI-style error body (`{"error": {"code": ...}}`), if any."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, str):
+        return code
+    body = exc.body
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict) and isinstance(error.get("code"), str):
+            return str(error["code"])
+    return None

@@ -65,6 +65,12 @@ CHUNKS = Counter(
 )
 UPSTREAM_ERRORS = Counter("chat_upstream_errors", "Turns failed by the model's API, by error code.", ["code"])
 REDIS_ERRORS = Counter("chat_redis_errors", "Store operations that failed because Redis was unreachable.")
+# Only models listed in MODELS_FILE are labels: their number is bounded by the operator.
+TOKENS = Counter(
+    "chat_tokens",
+    "Tokens used, as the providers report them, by model and kind (prompt, completion).",
+    ["model", "kind"],
+)
 
 _UPSTREAM_CODES = ("upstream_", "model_not_found", "turn_timeout")
 
@@ -72,6 +78,11 @@ _UPSTREAM_CODES = ("upstream_", "model_not_found", "turn_timeout")
 def turn_started() -> None:
     TURNS_STARTED.inc()
     TURNS_RUNNING.inc()
+
+
+def tokens_used(model: str, prompt_tokens: int, completion_tokens: int) -> None:
+    TOKENS.labels(model, "prompt").inc(prompt_tokens)
+    TOKENS.labels(model, "completion").inc(completion_tokens)
 
 
 def first_chunk(seconds: float) -> None:

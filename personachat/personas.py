@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from personachat import cards
 from personachat.errors import (
     InvalidCard,
+    InvalidRequest,
     PersonaNotFound,
     ReadOnlyPersona,
     TooManyPersonas,
@@ -265,6 +266,8 @@ class PersonaResolver:
         self.catalog = catalog
         self._store = store
         self.max_per_user = max_per_user
+        # The models a persona may pin (GET /models); None: any (set by the app's lifespan).
+        self.model_ids: frozenset[str] | None = None
 
     @property
     def default_key(self) -> str:
@@ -302,7 +305,13 @@ class PersonaResolver:
             raise PersonaNotFound()
         return _entry(record)
 
+    def _check_model(self, draft: PersonaDraft) -> None:
+        if draft.model is not None and self.model_ids is not None and draft.model not in self.model_ids:
+            valid = ", ".join(sorted(self.model_ids))
+            raise InvalidRequest(f"model: {draft.model[:100]!r} is not one of the models ({valid}).")
+
     async def create(self, user: str, draft: PersonaDraft) -> PersonaEntry:
+        self._check_model(draft)
         now = _now()
         for _ in range(5):
             key = f"u-{secrets.token_hex(6)}"
@@ -318,6 +327,7 @@ class PersonaResolver:
 
     async def replace(self, user: str, key: str, draft: PersonaDraft) -> PersonaEntry:
         self._check_own(key)
+        self._check_model(draft)
         record = {"key": key, **draft.model_dump(), "created_at": "", "updated_at": _now()}
         stored = await self._store.replace(user, record) if OWN_KEY.fullmatch(key) else None
         if stored is None:
@@ -331,7 +341,10 @@ class PersonaResolver:
 
     async def import_card(self, user: str, card: dict[str, Any]) -> PersonaEntry:
         """Create a persona from a character card (V2 or V1, already parsed from JSON or PNG)."""
-        return await self.create(user, draft_from_card(card))
+        draft = draft_from_card(card)
+        if draft.model is not None and self.model_ids is not None and draft.model not in self.model_ids:
+            draft = draft.model_copy(update={"model": None})  # a card made elsewhere: this service's default
+        return await self.create(user, draft)
 
     def _check_own(self, key: str) -> None:
         if key in self.catalog.keys:

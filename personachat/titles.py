@@ -24,7 +24,7 @@ from collections.abc import AsyncGenerator, Sequence
 from typing import Any, cast
 
 from personachat.errors import ChatError
-from personachat.llm import Completion, ModelClient
+from personachat.llm import Completion, Models
 from personachat.store.history import TITLE_CHARS, HistoryStore
 
 logger = logging.getLogger(__name__)
@@ -64,9 +64,9 @@ def clean_title(text: str) -> str:
 class Titles:
     """Schedules the automatic title requests of this process and keeps their tasks."""
 
-    def __init__(self, store: HistoryStore, model: ModelClient, *, timeout: float = TITLE_TIMEOUT) -> None:
+    def __init__(self, store: HistoryStore, models: Models, *, timeout: float = TITLE_TIMEOUT) -> None:
         self._store = store
-        self._model = model
+        self._models = models
         self._timeout = timeout
         self._tasks: dict[str, asyncio.Task[None]] = {}  # by session id: one at a time per session
 
@@ -85,7 +85,9 @@ class Titles:
             pieces: list[str] = []
             # An async generator (annotated as an iterator): closed when left, so a title read
             # only in part ends its request at once.
-            stream = cast(AsyncGenerator[str], self._model.stream(title_prompt(messages), Completion(), model=model))
+            # The turn's model (a listed id), else the default one.
+            entry = self._models.registry.choose(None, model, None)
+            stream = cast(AsyncGenerator[str], self._models.stream(entry, title_prompt(messages), Completion()))
             async with asyncio.timeout(self._timeout), contextlib.aclosing(stream):
                 async for text in stream:
                     pieces.append(text)

@@ -16,6 +16,14 @@ Guarantees:
 - a turn holds its session by a lease it renews (every third of TURN_LEASE_SECONDS, and with
   each batch of events): a turn that loses it (its process stalled past it, or a stop ended
   it as ownerless) stores nothing and ends with `turn_lost`;
+- the model is the send's, else the session's, else the persona's, else the default
+  (models.py); the prompt fits its context window (context.py): a message that cannot fit
+  alone is 413 before anything is stored, checked before admission when the model is known
+  and after it otherwise, giving the lease back (the admission writes no event, so no turn
+  stream is left); `start` carries `model` and `context` and is written, lease-checked, as
+  the turn's first event before the turn is announced; a provider that still answers
+  "context length exceeded" gets one retry with half the history, reported in `end`'s
+  `context`; reported token usage goes into `end`, the stored answer and the user's totals;
 - every turn ends: model errors and timeouts, the turn deadline, a stop request (from any
   instance: pushed by pub/sub, with a durable flag behind it) and server shutdown each end it
   with one final event, its lease released by the same script; on any other failure the
@@ -37,6 +45,7 @@ from typing import Any
 import orjson
 
 from personachat import metrics
+from personachat.context import check_alone, fit
 from personachat.errors import (
     ChatError,
     EmptyMessage,
@@ -46,12 +55,14 @@ from personachat.errors import (
     StoreUnavailable,
     UpstreamError,
 )
-from personachat.llm import Completion, ModelClient
+from personachat.llm import Completion, ContextLengthExceeded, Models
+from personachat.models import ModelEntry
 from personachat.personas import Persona, PersonaResolver
 from personachat.store.client import Redis
 from personachat.store.history import HistoryStore, now_iso
 from personachat.store.keys import is_client_message_id
 from personachat.store.turnlog import TurnLog, is_terminal
+from personachat.store.usage import UsageStore
 from personachat.titles import Titles
 
 logger = logging.getLogger(__name__)
@@ -65,6 +76,8 @@ STOP_POLL_INTERVAL = 1.0
 # How long a stop waits for the turn's instance before ending the turn itself: well over the
 # fallback poll, so a live owner that missed the push still ends (and stores) its own turn.
 STOP_WAIT = 3.0
+# Tries of the `start` event's write (0.25 s, 0.5 s, 1 s apart): a turn rides over a short outage.
+START_ATTEMPTS = 4
 
 
 @dataclass
@@ -73,6 +86,7 @@ class TurnRequest:
     session_id: str
     message: str
     role: str | None = None
+    model: str | None = None  # this message's model (a listed id), else the session's...
     # Rewriting the conversation: the new turn replaces this turn and every later one.
     from_turn: str | None = None
     # Idempotent sends: a repeat of a send with this id reads the turn it started (`Replay`).
@@ -97,6 +111,8 @@ class TurnRun:
     user: str
     session_id: str
     persona: Persona
+    model: ModelEntry
+    context: dict[str, Any] = field(default_factory=dict)  # {"messages", "dropped"} sent
     payloads: list[bytes] = field(default_factory=list)  # payloads[i] is event seq i + 1
     flushed: int = 0  # events known to be in Redis (a failed write may have stored more)
     finished: bool = False
@@ -142,8 +158,9 @@ class TurnService:
         store: HistoryStore,
         log: TurnLog,
         personas: PersonaResolver,
-        model: ModelClient,
+        model: Models,
         *,
+        usage: UsageStore | None = None,
         max_message_chars: int,
         turn_timeout: float,
         max_turn_events: int,
@@ -155,6 +172,7 @@ class TurnService:
         self._log = log
         self._personas = personas
         self._model = model
+        self._usage = usage
         self._max_message_chars = max_message_chars
         self._deadline = max(turn_timeout * 0.9, turn_timeout - 5)
         self._max_events = max_turn_events
@@ -187,15 +205,23 @@ class TurnService:
         if request.client_message_id is not None and not is_client_message_id(request.client_message_id):
             raise InvalidRequest("client_message_id must be 1-64 characters of A-Z, a-z, 0-9, '_' and '-'.")
         chosen = await self._personas.resolve(request.user, request.role) if request.role is not None else None
+        registry = self._model.registry
+        if request.model is not None:  # 400 unknown_model; and a message too long for it is 413 now
+            entry = registry.get(request.model)
+            check_alone(
+                chosen.system_prompt if chosen else "",
+                message,
+                model=entry.id,
+                context_window=entry.context_window,
+                max_output=entry.max_output_tokens,
+            )
         # Named before admission, so that a re-sent admission finds its own lease (see history.py).
         turn_id = secrets.token_hex(8)
-        head = orjson.dumps({"type": "start", "session_id": request.session_id, "turn_id": turn_id, "role": ""})
         try:
             admission = await self._store.admit_turn(
                 request.user,
                 request.session_id,
                 turn_id,
-                first_event_head=head[:-2],  # the admission appends the persona's key and '"}'
                 role=chosen.key if chosen else None,
                 default_role=self._personas.default_key,
                 known_roles=self._personas.catalog.keys,
@@ -208,27 +234,67 @@ class TurnService:
             raise
         if admission.duplicate_of is not None:
             return Replay(request.session_id, admission.duplicate_of)
-        if self.closing:  # the shutdown began while this turn was being admitted
-            with contextlib.suppress(StoreUnavailable):
+        try:
+            if self.closing:  # the shutdown began while this turn was being admitted
+                raise ServerShutdown()
+            # A session whose persona was deleted (or left the roles file) goes on with the default.
+            persona = chosen or await self._personas.for_session(request.user, admission.role)
+            entry = registry.choose(request.model, admission.model, persona.model)
+            system = {"role": "system", "content": persona.system_prompt}
+            user_prompt = {"role": "user", "content": message}
+            fitted = fit(
+                system,
+                admission.window,
+                user_prompt,
+                model=entry.id,
+                context_window=entry.context_window,
+                max_output_tokens=entry.max_output_tokens,
+            )
+            run = TurnRun(turn_id, request.user, request.session_id, persona, entry, fitted.context)
+            run.from_turn = request.from_turn
+            run.first_answer = admission.before == 0 and request.from_turn is None
+            start = {"type": "start", "session_id": request.session_id, "turn_id": turn_id, "role": persona.key}
+            run.append({**start, "model": entry.id, "context": fitted.context})
+            await self._write_start(run)
+            run.flushed = 1
+        except asyncio.CancelledError:
+            self._release_later(request.user, request.session_id, turn_id)
+            raise
+        except ChatError:
+            # Refused after admission (413, shutdown, Redis): nothing was stored, and the lease
+            # is given back before the client hears of it, so the session is free at once.
+            try:
                 await self._store.release_turn(request.user, request.session_id, turn_id)
-            raise ServerShutdown()
-        # A session whose persona was deleted (or left the roles file) goes on with the default;
-        # the admission wrote the key it found in the start event.
-        persona = chosen or await self._personas.for_session(request.user, admission.role)
-        run = TurnRun(turn_id, request.user, request.session_id, persona)
-        run.from_turn = request.from_turn
-        run.first_answer = admission.before == 0 and request.from_turn is None
-        run.payloads.append(admission.first_event)
-        run.flushed = 1
+            except StoreUnavailable:
+                self._release_later(request.user, request.session_id, turn_id)
+            raise
         user_message = {"role": "user", "content": message, "timestamp": now_iso(), "turn_id": run.turn_id}
-        prompt = [{"role": "system", "content": persona.system_prompt}, *admission.window]
-        prompt.append({"role": "user", "content": message})
+        prompt = [system, *fitted.history, user_prompt]
         self._runs[run.turn_id] = run
         task = asyncio.create_task(self._run(run, prompt, user_message), name=f"turn-{run.turn_id}")
         self._tasks.add(task)
         task.add_done_callback(functools.partial(self._task_done, run))
-        logger.info("turn started", extra={"turn_id": run.turn_id, "session_id": run.session_id, "role": persona.key})
+        logger.info(
+            "turn started",
+            extra={"turn_id": run.turn_id, "session_id": run.session_id, "role": persona.key, "model": entry.id},
+        )
         return run
+
+    async def _write_start(self, run: TurnRun) -> None:
+        """Write the `start` event, so that it is in the stream before anyone hears of the turn
+        (a resume on another instance finds it). The append checks the lease, like every
+        write, and is idempotent: it is sent again over a short outage (a lost reply)."""
+        for attempt in range(START_ATTEMPTS):
+            try:
+                if not await self._log.append(
+                    run.user, run.session_id, run.turn_id, 1, run.payloads, lease_ms=self._lease_ms
+                ):
+                    raise TurnLost()
+                return
+            except StoreUnavailable:
+                if attempt == START_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.25 * 2**attempt)
 
     def _task_done(self, run: TurnRun, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -301,12 +367,14 @@ class TurnService:
         try:
             done, _ = await asyncio.wait({consume, stop}, timeout=self._deadline, return_when=asyncio.FIRST_COMPLETED)
             if consume in done and consume.exception() is None:
-                await self._commit(run, user_message, "".join(answer), completion.finish_reason or "stop")
+                await self._commit(
+                    run, user_message, "".join(answer), completion.finish_reason or "stop", completion.usage
+                )
             elif consume in done:
                 await self._fail(run, _as_chat_error(consume.exception()))
             elif stop in done:
                 await _cancel(consume)
-                await self._commit(run, user_message, "".join(answer), "stopped")
+                await self._commit(run, user_message, "".join(answer), "stopped", completion.usage)
             else:
                 await _cancel(consume)
                 await self._fail(run, UpstreamError("turn_timeout", "The answer took too long and was cut off."))
@@ -338,14 +406,27 @@ class TurnService:
     async def _consume(
         self, run: TurnRun, prompt: list[dict[str, Any]], answer: list[str], completion: Completion
     ) -> None:
+        try:
+            await self._stream_answer(run, prompt, answer, completion)
+        except ContextLengthExceeded:
+            if answer or len(prompt) <= 2:
+                raise
+            # The estimate let through a prompt the provider refuses: once, with half the history.
+            history = prompt[1:-1]
+            kept = history[len(history) // 2 :]
+            dropped = run.context.get("dropped", 0) + len(history) - len(kept)
+            run.context = {"messages": len(kept), "dropped": dropped, "retried": True}
+            await self._stream_answer(run, [prompt[0], *kept, prompt[-1]], answer, completion)
+
+    async def _stream_answer(
+        self, run: TurnRun, prompt: list[dict[str, Any]], answer: list[str], completion: Completion
+    ) -> None:
         persona = run.persona
         flusher: asyncio.Task[None] | None = None
         started = time.monotonic()
         room = self._max_answer_chars  # what is left of MAX_ANSWER_CHARS
         try:
-            async for text in self._model.stream(
-                prompt, completion, model=persona.model, temperature=persona.temperature
-            ):
+            async for text in self._model.stream(run.model, prompt, completion, temperature=persona.temperature):
                 text = text[:room]
                 room -= len(text)
                 answer.append(text)
@@ -415,15 +496,39 @@ class TurnService:
                 run.flushed = count
                 run.renewed_at = time.monotonic()
 
-    async def _commit(self, run: TurnRun, user_message: dict[str, Any], text: str, finish_reason: str) -> None:
-        """Store the turn's messages, its remaining events and `end` in one step."""
+    async def _commit(
+        self,
+        run: TurnRun,
+        user_message: dict[str, Any],
+        text: str,
+        finish_reason: str,
+        usage: dict[str, int] | None = None,
+    ) -> None:
+        """Store the turn's messages, its remaining events and `end` in one step; then add the
+        turn's token usage, when the provider reported it, to the user's totals."""
         answer: dict[str, Any] = {"role": "assistant", "content": text, "timestamp": now_iso(), "turn_id": run.turn_id}
         answer["persona"] = run.persona.key
+        answer["model"] = run.model.id
         if finish_reason == "stopped":
             answer["stopped"] = True
-        end = {"type": "end", "session_id": run.session_id, "turn_id": run.turn_id, "finish_reason": finish_reason}
+        end: dict[str, Any] = {"type": "end", "session_id": run.session_id, "turn_id": run.turn_id}
+        end["finish_reason"] = finish_reason
+        if usage is not None:
+            answer["usage"] = end["usage"] = usage
+        if run.context.get("retried"):
+            end["context"] = run.context
         unstored = StoreUnavailable("The answer could not be stored: Redis is unreachable.")
-        await self._final_write(run, end, [user_message, answer], user_message["content"], error_payload(unstored))
+        status = await self._final_write(
+            run, end, [user_message, answer], user_message["content"], error_payload(unstored)
+        )
+        if status == "ok" and usage is not None:
+            metrics.tokens_used(run.model.id, usage["prompt_tokens"], usage["completion_tokens"])
+            if self._usage is not None:
+                try:
+                    await self._usage.record(run.user, run.model.id, usage["prompt_tokens"], usage["completion_tokens"])
+                except StoreUnavailable:
+                    # The answer is stored; only these counts are lost (never counted twice).
+                    logger.warning("token usage not recorded", extra={"turn_id": run.turn_id})
 
     async def _fail(self, run: TurnRun, error: ChatError) -> None:
         """End the turn with an `error` event; nothing is added to history."""
@@ -438,7 +543,7 @@ class TurnService:
         messages: list[dict[str, Any]],
         title: str,
         if_unreachable: dict[str, Any],
-    ) -> None:
+    ) -> str | None:
         """Write the final event (and the messages) and release the lease, then end the readers
         in this process with what the store now says: `final`, `turn_lost` when the turn had
         lost its lease, or `if_unreachable` when Redis could not be written."""
@@ -460,13 +565,14 @@ class TurnService:
             except StoreUnavailable:
                 self._release_later(run.user, run.session_id, run.turn_id)
                 run.append(if_unreachable)
-                return
+                return None
             if status == "lost":
                 run.append(orjson.loads(LOST_PAYLOAD))
             else:
                 run.append(final)
                 if status == "ok" and messages and run.first_answer and self._titles is not None:
-                    self._titles.schedule(run.user, run.session_id, messages, run.persona.model)
+                    self._titles.schedule(run.user, run.session_id, messages, run.model.id)
+            return str(status)
 
     # -- process life -------------------------------------------------------------------
 

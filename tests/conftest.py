@@ -113,6 +113,15 @@ def client(service: Service) -> Iterator[httpx.Client]:
         yield http
 
 
+def write_models_file(path: Path, base_url: str, *model_ids: str, **options: Any) -> Path:
+    """A MODELS_FILE with one provider (`fake`, at `base_url`) serving `model_ids`."""
+    lines = ["providers:", "  - name: fake", f"    base_url: {base_url}", "    models:"]
+    lines += [f"      - id: {model_id}" for model_id in model_ids]
+    lines += [f"        {name}: {value}" for name, value in options.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
 def start_session(client: httpx.Client, role: str | None = None, **body: Any) -> str:
     response = client.post("/chat/start", json={"role": role, **body} if role else (body or None))
     assert response.status_code == 200, response.text

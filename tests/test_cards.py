@@ -194,7 +194,7 @@ def test_an_exported_card_imports_back_to_the_same_persona(client: httpx.Client)
         "system_prompt": "You are exact.\n\nKeep every line: {curly} <b>tags</b> 中文.",
         "description": "Survives export and import.",
         "welcome_message": "Hello again.",
-        "model": "some-model",
+        "model": "fake-model",  # a listed model (GET /models)
         "temperature": 0.7,
     }
     made = client.post("/roles", json=fields).json()

@@ -15,10 +15,11 @@ from typing import Any
 import httpx
 import pytest
 
+from config import Settings
 from personachat.errors import UnknownRole
 from personachat.personas import BUILT_IN, PersonaFileError, load_catalog
 from personachat.store.keys import KeySpace
-from tests.conftest import ROOT, FakeModel, Service, chat, history, start_session
+from tests.conftest import ROOT, FakeModel, Service, chat, history, start_session, write_models_file
 from tests.servers import RedisProcess
 from tests.test_identity import create_api_key
 
@@ -87,6 +88,18 @@ def test_the_server_refuses_to_start_with_an_invalid_setting(tmp_path: Path) -> 
 
 
 # -- personas of one's own, through the API (real uvicorn, real Redis, the fake model) -----------
+
+
+@pytest.fixture
+def make_settings(make_settings: Callable[..., Settings], model: FakeModel, tmp_path: Path) -> Callable[..., Settings]:
+    """Services with two models on the fake provider: a persona may pin `pirate-model`."""
+    models = write_models_file(tmp_path / "models.yaml", model.base_url, "fake-model", "pirate-model")
+    return lambda **overrides: make_settings(**{"models_file": models, **overrides})
+
+
+def test_an_own_persona_must_pin_a_listed_model(client: httpx.Client) -> None:
+    response = client.post("/roles", json={**PIRATE, "model": "no-such-model"})
+    assert response.status_code == 422 and "fake-model, pirate-model" in response.json()["detail"]
 
 
 @pytest.fixture

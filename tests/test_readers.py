@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import httpx
 
-from personachat.llm import ModelClient, create_openai_client
+from personachat.llm import ModelClient, Models, create_openai_client
 from personachat.personas import load_catalog
 from personachat.readers import TurnReaders
 from personachat.store.client import BLOCK_MS, create_redis
@@ -244,7 +244,7 @@ def test_an_outage_during_a_remote_read_is_not_taken_for_a_lost_turn(redis_serve
         log = TurnLog(live, keys, 60)
         store = HistoryStore(away, keys, limits)
         openai_client = create_openai_client(api_key="k", base_url="http://127.0.0.1:9/v1", timeout=1, max_retries=0)
-        model = ModelClient(openai_client, "m", 1)
+        model = Models.single(ModelClient(openai_client, "m", 1))
         turns = TurnService(
             live, store, log, load_catalog(None, "assistant"), model,
             max_message_chars=100, turn_timeout=60, max_turn_events=100,

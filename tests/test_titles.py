@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from config import Settings
-from personachat.llm import ModelClient, create_openai_client
+from personachat.llm import ModelClient, Models, create_openai_client
 from personachat.store.client import Redis, create_redis
 from personachat.store.history import HistoryStore, Limits
 from personachat.store.keys import KeySpace
@@ -146,7 +146,7 @@ async def test_a_failing_title_request_changes_nothing_and_raises_nothing(redis:
     await first_turn(store, "u", session.session_id)
     nowhere = create_openai_client(api_key="k", base_url=f"http://127.0.0.1:{free_port()}/v1", timeout=2, max_retries=0)
     try:
-        titles = Titles(store, ModelClient(nowhere, "m", 2), timeout=3)
+        titles = Titles(store, Models.single(ModelClient(nowhere, "m", 2)), timeout=3)
         titles.schedule("u", session.session_id, [{"role": "user", "content": "first words"}], None)
         await titles.wait()
     finally:

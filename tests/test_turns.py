@@ -14,7 +14,7 @@ import pytest
 from config import Settings
 from main import create_app
 from personachat.turns import TurnRequest, _cancel
-from tests.conftest import FakeModel, Service, chat, history, start_session
+from tests.conftest import FakeModel, Service, chat, history, start_session, write_models_file
 from tests.servers import RedisProcess
 from tests.sse import iter_events
 
@@ -105,7 +105,8 @@ def test_a_roles_file_adds_and_overrides_personas_with_model_and_temperature(
         "default_role: pirate\n",
         encoding="utf-8",
     )
-    service = make_service(roles_file=roles)
+    models = write_models_file(tmp_path / "models.yaml", model.base_url, "fake-model", "pirate-model")
+    service = make_service(roles_file=roles, models_file=models)
     with service.client() as client:
         body = client.get("/roles").json()
         assert body["default_role"] == "pirate"

@@ -62,17 +62,19 @@ end
 #       own personas (a hash: the session's persona may be one of them), the send's
 #       client-message key (the session hash again when the send has no client_message_id)
 # ARGV: turn id, now ms, lease ms, max concurrent, rate limit, rate window ms, window size,
-#       stream ttl s, first event head, chosen role ('' for the session's), default role,
-#       then the known roles (the catalog's), then from_turn and client_message_id ('' for
-#       none), always the last two.
-# Answers {'ok', role, window, messages before the turn}, {'duplicate', turn id} when a send
-# with this client_message_id already started a turn (its key lives as long as that turn's
-# stream), {'no_turn'} when from_turn is not a turn of the session, or a refusal.
-# With from_turn the window is the messages before that turn's first message.
+#       stream ttl s, (unused: was the first event's head), chosen role ('' for the session's),
+#       default role, then the known roles (the catalog's), then from_turn and
+#       client_message_id ('' for none), always the last two.
+# Answers {'ok', role, window, messages before the turn, the session's model ('' for none)},
+# {'duplicate', turn id} when a send with this client_message_id already started a turn (its
+# key lives as long as that turn's stream), {'no_turn'} when from_turn is not a turn of the
+# session, or a refusal. With from_turn the window is the messages before that turn's first
+# message.
 # The turn id is chosen by the caller, so a re-sent admission (a reply lost, the client
 # retrying) finds its own lease and answers ok again instead of "busy" (and a turn id whose
-# stream exists is never admitted again). The first event
-# (`head` + role + '"}') is written here too, in the same step.
+# stream exists is never admitted again). The turn's first event is not written here: its
+# `start` carries the model and how much of the window fits it, which the caller works out
+# from this reply; the turn writes it (lease-checked) before it is announced (turns.py).
 _ADMIT_TURN = (
     FIND_TURN_LUA
     + """
@@ -102,7 +104,8 @@ local function window()
   if size > 0 then return redis.call('LRANGE', KEYS[5], before - size, before - 1) end
   return {}
 end
-if holder == ARGV[1] then return {'ok', role, window(), before} end
+local model = redis.call('HGET', KEYS[1], 'model') or ''
+if holder == ARGV[1] then return {'ok', role, window(), before, model} end
 if holder or redis.call('EXISTS', KEYS[6]) == 1 then return {'busy'} end
 local now, lease = tonumber(ARGV[2]), tonumber(ARGV[3])
 -- Counted without pruning: the first write of this script must be one that Redis refuses when
@@ -119,10 +122,8 @@ redis.call('SET', KEYS[2], ARGV[1], 'PX', lease)
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 redis.call('ZADD', KEYS[3], now + lease, ARGV[1])
 if redis.call('PTTL', KEYS[3]) < lease then redis.call('PEXPIRE', KEYS[3], lease) end
-redis.call('XADD', KEYS[6], '0-1', 's', 1, 'd', ARGV[9] .. role .. '"}')
-redis.call('EXPIRE', KEYS[6], ARGV[8])
 if client_id ~= '' then redis.call('SET', KEYS[8], ARGV[1], 'EX', ARGV[8]) end
-return {'ok', role, window(), before}
+return {'ok', role, window(), before, model}
 """
 )
 
@@ -301,21 +302,21 @@ class SessionInfo:
     last_activity: str
     messages: int
     running_turn_id: str | None = None
-    model: str | None = None  # set by PATCH /chat/sessions/{id}; None: the persona's or the default
+    model: str | None = None  # set at start or by PATCH /chat/sessions/{id}; None: the persona's or the default
 
 
 @dataclass
 class Admission:
-    """A turn admitted by `HistoryStore.admit_turn`: its persona, first event and prompt window."""
+    """A turn admitted by `HistoryStore.admit_turn`: its persona, prompt window and the session's model."""
 
     turn_id: str
     role: str
-    first_event: bytes
     window: list[dict[str, Any]] = field(default_factory=list)
     before: int = 0  # messages stored before the turn (before from_turn's, with from_turn)
     # Set when the send's client_message_id already started a turn: that turn's id (nothing
     # was admitted; the send is a repeat and reads that turn).
     duplicate_of: str | None = None
+    model: str | None = None  # the session's model (POST /chat/start), if it has one
 
 
 @dataclass(frozen=True)
@@ -364,7 +365,7 @@ class HistoryStore:
     # -- sessions ---------------------------------------------------------------------
 
     @translate_redis_errors
-    async def create_session(self, user: str, role: str, title: str | None) -> SessionInfo:
+    async def create_session(self, user: str, role: str, title: str | None, model: str | None = None) -> SessionInfo:
         session_id = secrets.token_hex(16)  # 128 random bits
         now_ms = time.time() * 1000
         created = _iso_from_ms(now_ms)
@@ -372,6 +373,8 @@ class HistoryStore:
         if title:
             fields["title"] = title
             fields["title_source"] = "user"
+        if model:
+            fields["model"] = model
         ttl = self._limits.history_ttl_seconds
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(self._keys.session(user, session_id), mapping=fields)
@@ -379,7 +382,7 @@ class HistoryStore:
             pipe.zadd(self._keys.sessions(user), {session_id: now_ms})
             pipe.expire(self._keys.sessions(user), ttl)
             await pipe.execute()
-        return SessionInfo(session_id, role, title or "", created, created, 0)
+        return SessionInfo(session_id, role, title or "", created, created, 0, model=model or None)
 
     @translate_redis_errors
     async def get_session(self, user: str, session_id: str) -> SessionInfo:
@@ -503,18 +506,17 @@ class HistoryStore:
         session_id: str,
         turn_id: str,
         *,
-        first_event_head: bytes,
         role: str | None,
         default_role: str,
         known_roles: Sequence[str],
         from_turn: str | None = None,
         client_message_id: str | None = None,
     ) -> Admission:
-        """Atomically take the session's lease, write the turn's first event, read the prompt window.
+        """Atomically take the session's lease, read the prompt window and the session's model.
 
         The persona is `role`, else the session's own if it is one of `known_roles` or one of
-        the user's own personas, else `default_role`; the first event is `first_event_head` +
-        that key + '"}'. Safe to repeat with the same `turn_id`. Raises SessionNotFound, TurnInProgress (409) or
+        the user's own personas, else `default_role`. Writes no event (the turn writes its
+        `start`). Safe to repeat with the same `turn_id`. Raises SessionNotFound, TurnInProgress (409) or
         RateLimited (429).
 
         With `from_turn`, the window is read from the messages before that turn (TurnNotFound
@@ -548,7 +550,7 @@ class HistoryStore:
             60_000,
             limits.history_window,
             limits.turn_stream_ttl_seconds,
-            first_event_head,
+            "",  # the first event's head once: the slot is kept so that the arguments keep their places
             role or "",
             default_role,
             *known_roles,
@@ -560,7 +562,7 @@ class HistoryStore:
         if status == "missing":
             raise SessionNotFound()
         if status == "duplicate":
-            return Admission(turn_id, "", b"", duplicate_of=reply[1].decode())
+            return Admission(turn_id, "", duplicate_of=reply[1].decode())
         if status == "no_turn":
             raise TurnNotFound()
         if status == "busy":
@@ -577,7 +579,7 @@ class HistoryStore:
             )
         chosen: bytes = reply[1]
         window = [_prompt_message(orjson.loads(item)) for item in reply[2]]
-        return Admission(turn_id, chosen.decode(), first_event_head + chosen + b'"}', window, int(reply[3]))
+        return Admission(turn_id, chosen.decode(), window, int(reply[3]), model=reply[4].decode() or None)
 
     @translate_redis_errors
     async def commit_turn(
@@ -692,5 +694,5 @@ def _session_info(session_id: str, meta: dict[bytes, bytes], lock: bytes | None,
         last_activity=text.get("last_activity", ""),
         messages=count,
         running_turn_id=lock.decode() if lock else None,
-        model=text.get("model"),
+        model=text.get("model") or None,
     )

@@ -27,6 +27,11 @@ Idempotent sends (a send's `client_message_id`, history.py's admission), with th
 turn's stream, so a repeated id finds its turn while that turn's events are kept:
 
     <prefix>:{<user>}:cm:<session>:<id>   STR   the turn id the send with this id started
+
+Token usage (store/usage.py), the user's totals, in the user's slot:
+
+    <prefix>:{<user>}:usage               HASH  prompt_tokens, completion_tokens, turns, and the
+                                                same per model as <kind>:<model id>
 """
 
 from __future__ import annotations
@@ -122,6 +127,15 @@ class KeySpace:
             raise ValueError(f"invalid client message id {client_message_id!r}")
         return f"{self._user(user)}:cm:{session_id}:{client_message_id}"
 
+    # -- token usage (store/usage.py) -----------------------------------------------------
+
+    def usage(self, user: str) -> str:
+        return f"{self._user(user)}:usage"
+
+    def usage_pattern(self) -> str:
+        """A SCAN pattern matching every user's usage hash."""
+        return f"{self.prefix}:{{*}}:usage"
+
     def all_keys_pattern(self) -> str:
         """A SCAN pattern matching every key of the service (and nothing outside the prefix)."""
         return f"{self.prefix}:*"
@@ -161,6 +175,9 @@ class KeySpace:
             session_id, _, client_id = tail.partition(":")
             if is_session_id(session_id) and is_client_message_id(client_id):
                 return KeyName(kind, user, session_id=session_id)
+
+        if kind == "usage" and not tail:  # token usage
+            return KeyName(kind, user)
         return None
 
 

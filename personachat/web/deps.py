@@ -13,6 +13,7 @@ from fastapi import Depends, Request
 
 from config import Settings
 from personachat.identity import Identity, IdentityResolver
+from personachat.llm import Models
 from personachat.personas import PersonaResolver
 from personachat.readers import TurnReaders
 from personachat.store.api_keys import ApiKeyStore
@@ -21,6 +22,7 @@ from personachat.store.history import HistoryStore
 from personachat.store.keys import KeySpace
 from personachat.store.maintenance import Maintenance
 from personachat.store.search import SessionSearch
+from personachat.store.usage import UsageStore
 from personachat.turns import TurnService
 
 
@@ -34,6 +36,8 @@ class Services:
     api_keys: ApiKeyStore
     identity: IdentityResolver
     personas: PersonaResolver
+    models: Models | None = None  # set by the lifespan (models and providers)
+    usage: UsageStore | None = None
 
 
 async def get_services(request: Request) -> Services:
@@ -79,6 +83,16 @@ async def get_search(services: ServicesDep) -> SessionSearch:
     return SessionSearch(services.redis, KeySpace(services.settings.redis_prefix))
 
 
+async def get_models(services: ServicesDep) -> Models:
+    assert services.models is not None  # the lifespan sets it
+    return services.models
+
+
+async def get_usage(services: ServicesDep) -> UsageStore:
+    assert services.usage is not None  # the lifespan sets it
+    return services.usage
+
+
 IdentityDep = Annotated[Identity, Depends(get_identity)]
 StoreDep = Annotated[HistoryStore, Depends(get_store)]
 TurnsDep = Annotated[TurnService, Depends(get_turns)]
@@ -87,3 +101,7 @@ PersonasDep = Annotated[PersonaResolver, Depends(get_personas)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MaintenanceDep = Annotated[Maintenance, Depends(get_maintenance)]
 SearchDep = Annotated[SessionSearch, Depends(get_search)]
+
+
+ModelsDep = Annotated[Models, Depends(get_models)]
+UsageDep = Annotated[UsageStore, Depends(get_usage)]

@@ -23,6 +23,7 @@ class StartRequest(BaseModel):
 
     role: str | None = Field(None, description="Persona key from /roles; the default persona when omitted.")
     title: str | None = Field(None, max_length=200, description="Shown in the session list; else the first message.")
+    model: str | None = Field(None, max_length=100, description="The session's model, an id from GET /models.")
 
 
 class StartResponse(BaseModel):
@@ -30,6 +31,7 @@ class StartResponse(BaseModel):
     role: str
     welcome_message: str = Field(description="For display only: not stored, not sent to the model.")
     created_at: str
+    model: str | None = Field(None, description="The session's model, when one was chosen.")
 
 
 def _message_required(schema: dict[str, Any]) -> None:
@@ -54,6 +56,7 @@ class StreamRequest(BaseModel):
     client_message_id: str | None = Field(
         None, pattern=CLIENT_MESSAGE_ID_PATTERN, description=CLIENT_MESSAGE_ID_DESCRIPTION
     )
+    model: str | None = Field(None, max_length=100, description="The model for this message, an id from GET /models.")
 
 
 class Message(BaseModel):
@@ -77,6 +80,7 @@ class HistoryResponse(BaseModel):
     running_turn_id: str | None = Field(
         None, description="The turn being generated now; resume it with last_event_id=<turn id>:0."
     )
+    model: str | None = Field(None, description="The session's model (POST /chat/start), if one was chosen.")
 
 
 class SessionSummary(BaseModel):
@@ -87,7 +91,9 @@ class SessionSummary(BaseModel):
     last_activity: str
     messages: int
     running_turn_id: str | None = None
-    model: str | None = Field(None, description="Set with PATCH; null: the persona's model or the default.")
+    model: str | None = Field(
+        None, description="The session's model (set at start or with PATCH); null: the persona's or the default."
+    )
 
 
 class SessionsResponse(BaseModel):
@@ -123,9 +129,12 @@ class ErrorResponse(BaseModel):
     detail: str = Field(description="Human-readable message.")
 
 
-def install_openapi(app: FastAPI, role_keys: list[str], max_message_chars: int) -> None:
+def install_openapi(
+    app: FastAPI, role_keys: list[str], max_message_chars: int, model_ids: list[str] | None = None
+) -> None:
     """Make /openapi.json say what this app accepts: the persona keys of its catalog as the
-    choices of every `role`, and MAX_MESSAGE_CHARS as the longest `message`."""
+    choices of every `role`, the listed models as those of every `model`, and
+    MAX_MESSAGE_CHARS as the longest `message`."""
     build: Callable[[], dict[str, Any]] = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -136,6 +145,9 @@ def install_openapi(app: FastAPI, role_keys: list[str], max_message_chars: int) 
                 properties["role"] = _nullable_choice(properties["role"], role_keys)
                 if "message" in properties:
                     properties["message"]["maxLength"] = max_message_chars
+            for name, component in schema["components"]["schemas"].items():
+                if model_ids and name in ("StartRequest", "StreamRequest", "PersonaDraft"):
+                    component["properties"]["model"] = _nullable_choice(component["properties"]["model"], model_ids)
             for path in schema["paths"].values():
                 for operation in path.values():
                     for parameter in operation.get("parameters", []):
@@ -144,6 +156,8 @@ def install_openapi(app: FastAPI, role_keys: list[str], max_message_chars: int) 
                 for parameter in operation.get("parameters", []):
                     if parameter["name"] == "role":
                         parameter["schema"] = {**parameter["schema"], "enum": role_keys}
+                    elif parameter["name"] == "model" and model_ids:
+                        parameter["schema"] = {**parameter["schema"], "enum": model_ids}
                     elif parameter["name"] == "message":
                         # Required for a send, like the body's (see _message_required).
                         parameter["required"] = True
@@ -172,3 +186,27 @@ def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
     if len(choices) != 2 or len(others) != 1:
         return schema
     return {**others[0], **{key: value for key, value in schema.items() if key != "anyOf"}}
+
+
+class ModelInfo(BaseModel):
+    id: str
+    provider: str
+    context_window: int
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
+    default_model: str
+
+
+class ModelUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    turns: int
+
+
+class UsageResponse(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    turns: int = Field(description="Turns whose provider reported their usage.")
+    by_model: dict[str, ModelUsage]

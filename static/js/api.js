@@ -50,7 +50,9 @@ async function request(method, path, { query, body } = {}) {
 
 export const api = {
   roles: () => request("GET", "roles"),
-  start: (role) => request("POST", "chat/start", { body: role ? { role } : {} }),
+  start: (role, model = null) => request("POST", "chat/start", { body: { ...(role ? { role } : {}), ...(model ? { model } : {}) } }),
+  models: () => request("GET", "models"),
+  usage: () => request("GET", "usage"),
   sessions: () => request("GET", "chat/sessions"),
   history: (sessionId) => request("GET", "chat/history", { query: { session_id: sessionId } }),
   clear: (sessionId) => request("DELETE", `chat/history/${encodeURIComponent(sessionId)}`),

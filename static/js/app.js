@@ -9,6 +9,7 @@ import { api } from "./api.js";
 import { Conversation, element } from "./conversation.js";
 import { confirm, copyText, toast } from "./feedback.js";
 import { applyTranslations, detectLanguage, hasKey, language, setLanguage, t } from "./i18n.js";
+import { labelAnswer, ModelPicker } from "./models.js";
 import { PersonaEditor } from "./personas.js";
 import { pendingFor, savedSession, saveSession, setPending } from "./saved.js";
 import { Sidebar } from "./sidebar.js";
@@ -58,6 +59,7 @@ const state = {
 let conversation;
 let sidebar;
 let editor;
+let models;
 
 init();
 
@@ -97,12 +99,15 @@ async function init() {
     messageFor,
   });
   bindControls();
+  models = new ModelPicker({ wrapper: $("model-picker"), select: $("model-select"), load: api.models });
+  const modelsLoaded = models.load();
   try {
     await loadRoles();
   } catch (error) {
     conversation.addAnswer("").fail(() => messageFor(error), { onRetry: () => location.reload() });
   }
   const sessionsLoaded = refreshSessions();
+  await modelsLoaded;
   const saved = savedSession();
   if (saved) await openSession(saved, { restoring: true });
   else showDraft();
@@ -278,6 +283,7 @@ function showDraft() {
   saveSession(null);
   conversation.clear();
   sidebar.setCurrent(null);
+  models.open(null); // a new chat keeps the picker's current choice
   updatePersonaUi();
   updateChrome();
   ui.input.focus();
@@ -318,6 +324,7 @@ async function openSession(id, { restoring = false } = {}) {
   conversation.clear();
   for (const message of history.messages) showStored(message);
   selectRole(history.role);
+  models.open(id, history.model);
   sidebar.setCurrent(id);
   const pending = pendingFor(id);
   if (history.running_turn_id) {
@@ -349,6 +356,7 @@ function showStored(message) {
     const answer = conversation.addAnswer(personaName(message.persona));
     if (message.turn_id) answer.row.dataset.turnId = message.turn_id;
     answer.showStored(message.content, { stopped: Boolean(message.stopped) });
+    labelAnswer(answer, message.model, message.usage);
   }
 }
 
@@ -481,12 +489,13 @@ async function send(message, role, userRow = null, { fromTurn = null, clientMess
   let sessionId = state.sessionId;
   if (!sessionId) {
     try {
-      const started = await api.start(role);
+      const started = await api.start(role, models.value());
       sessionId = started.session_id;
       state.sessionId = sessionId;
       state.sessionRole = started.role;
       state.title = "";
       saveSession(sessionId);
+      models.remember(sessionId);
       sidebar.setCurrent(sessionId);
       if (started.welcome_message) {
         conversation.addAnswer(personaName(started.role), { welcome: true }).showStored(started.welcome_message);
@@ -517,7 +526,11 @@ function follow({ sessionId, answer, message, role, userRow, resumeFrom, fromTur
     clientMessageId };
   state.turn = turn;
   setStreaming(true);
-  turn.stream = streamTurn({ sessionId, message, role, resumeFrom, fromTurn, clientMessageId }, handlersFor(turn));
+  const model = message !== null && resumeFrom === null ? models.value() : null;
+  turn.stream = streamTurn(
+    { sessionId, message, role, resumeFrom, fromTurn, clientMessageId, model },
+    handlersFor(turn),
+  );
 }
 
 function handlersFor(turn) {
@@ -529,6 +542,7 @@ function handlersFor(turn) {
       turn.answer.row.dataset.turnId = event.turn_id;
       if (turn.userRow) turn.userRow.dataset.turnId = event.turn_id;
       turn.answer.setPersona(personaName(event.role));
+      labelAnswer(turn.answer, event.model);
       state.sessionRole = event.role;
       updatePersonaUi();
       if (turn.message !== null) setPending(turn.sessionId, { message: turn.message, role: turn.role, turnId: event.turn_id });
@@ -543,6 +557,7 @@ function handlersFor(turn) {
       endTurn(turn);
       const stopped = event.finish_reason === "stopped";
       turn.answer.finish({ stopped });
+      if (event.usage) labelAnswer(turn.answer, turn.answer.row.querySelector(".answer-model")?.dataset.model, event.usage);
       if (stopped) conversation.announce(t("stoppedAnnounce"));
       setPending(turn.sessionId, null);
       refreshSessions();

@@ -33,13 +33,16 @@ export function streamTurn(params, handlers) {
 }
 
 class TurnStream {
-  constructor({ sessionId, message = null, role = null, resumeFrom = null, fromTurn = null, clientMessageId = null },
-    handlers) {
+  constructor(
+    { sessionId, message = null, role = null, resumeFrom = null, fromTurn = null, clientMessageId = null, model = null },
+    handlers,
+  ) {
     this.sessionId = sessionId;
     this.message = message;
     this.role = role;
     this.fromTurn = fromTurn;
     this.clientMessageId = clientMessageId;
+    this.model = model;
     this.handlers = handlers;
     this.lastId = resumeFrom;
     this.received = 0;
@@ -88,6 +91,7 @@ class TurnStream {
       if (this.role) url.searchParams.set("role", this.role);
       if (this.fromTurn) url.searchParams.set("from_turn", this.fromTurn);
       if (this.clientMessageId) url.searchParams.set("client_message_id", this.clientMessageId);
+      if (this.model) url.searchParams.set("model", this.model);
     }
     return url;
   }
@@ -192,6 +196,7 @@ class TurnStream {
     if (this.role) body.role = this.role;
     if (this.fromTurn) body.from_turn = this.fromTurn;
     if (this.clientMessageId) body.client_message_id = this.clientMessageId;
+    if (this.model) body.model = this.model;
     return {
       method: "POST",
       headers: { ...headers, "Content-Type": "application/json" },

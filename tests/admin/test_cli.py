@@ -428,3 +428,24 @@ def test_cleanup_export_and_stats_on_a_redis_cluster(tmp_path: Path) -> None:
         client.close()
     finally:
         cluster.stop()
+
+
+def test_usage_reports_the_tokens_per_user_and_model(chatctl: Chatctl, make_service: Callable[..., Service]) -> None:
+    from personachat.store.usage import UsageStore
+
+    async def record() -> None:
+        client = create_redis(chatctl.env["REDIS_URL"])
+        store = UsageStore(client, KeySpace(chatctl.env["REDIS_PREFIX"]), ttl_seconds=3600)
+        await store.record("alice", "small", 10, 4)
+        await store.record("alice", "big", 100, 40)
+        await store.record("bob", "small", 1, 1)
+        await client.aclose()
+
+    asyncio.run(record())
+    report = chatctl.json("usage")
+    assert report["total"] == {"prompt_tokens": 111, "completion_tokens": 45, "turns": 3}
+    assert report["users"]["alice"]["by_model"]["big"] == {"prompt_tokens": 100, "completion_tokens": 40, "turns": 1}
+    assert set(report["users"]) == {"alice", "bob"}
+    assert chatctl.json("usage", "--user", "bob")["total"] == {"prompt_tokens": 1, "completion_tokens": 1, "turns": 1}
+    text = chatctl("usage").stdout
+    assert "alice" in text and "big" in text and "111" in text

@@ -26,7 +26,10 @@ def chatctl(redis_server: RedisProcess, make_settings: Callable[..., Settings], 
 def made_by_the_service(service: Service, count: int) -> list[str]:
     key = create_api_key(service, USER)
     with service.client(headers={"Authorization": f"Bearer {key}"}) as client:
-        return [client.post("/roles", json={**PIRATE, "name": f"P{n}"}).json()["key"] for n in range(count)]
+        return [
+            client.post("/roles", json={**PIRATE, "name": f"P{n}", "model": "fake-model"}).json()["key"]
+            for n in range(count)
+        ]
 
 
 def test_list_export_delete_import_round_trip(

@@ -19,14 +19,14 @@ from personachat.errors import RateLimited, SessionNotFound, TurnInProgress
 from personachat.store.client import Redis, create_redis
 from personachat.store.history import _ADMIT_TURN, _COMMIT_TURN, HistoryStore, Limits
 from personachat.store.keys import KeySpace
-from personachat.store.turnlog import LOST_SEQ
+from personachat.store.turnlog import LOST_SEQ, TurnLog
 from tests.conftest import Service, chat, history, start_session
 from tests.faults import FaultProxy, script_sha
 from tests.servers import RedisProcess
 from tests.sse import iter_events
 
-USER = "alice"
 HEAD = b'{"type":"start","role":"'
+USER = "alice"
 LOST = b'{"type":"error","code":"turn_lost","content":"lost"}'
 
 
@@ -70,10 +70,14 @@ async def admit(store: HistoryStore, session_id: str, turn_id: str, role: str | 
         USER,
         session_id,
         turn_id,
-        first_event_head=HEAD,
         role=role,
         default_role="assistant",
         known_roles=["assistant", "teacher"],
+    )
+    # The turn's first event, as TurnService writes it once it knows the model and the context.
+    log = TurnLog(store._redis, store._keys, 60)
+    await log.append(
+        USER, session_id, turn_id, 1, [HEAD + admission.role.encode() + b'"}'], lease_ms=int(store.lease_seconds * 1000)
     )
     return admission.role
 
@@ -94,17 +98,21 @@ async def commit(store: HistoryStore, session_id: str, turn_id: str, text: str, 
     )
 
 
-async def test_admission_takes_a_lease_writes_the_first_event_and_is_safe_to_send_twice(
+async def test_admission_takes_a_lease_and_is_safe_to_send_twice(
     store: HistoryStore, redis: Redis, keys: KeySpace
 ) -> None:
-    session = await store.create_session(USER, "teacher", None)
+    session = await store.create_session(USER, "teacher", None, "small")
     turn = new_turn()
     assert await admit(store, session.session_id, turn) == "teacher"  # the session's persona
     assert await admit(store, session.session_id, turn) == "teacher"  # the same admission again: ok
     assert await redis.get(keys.lock(USER, session.session_id)) == turn.encode()
     assert 0 < await redis.pttl(keys.lock(USER, session.session_id)) <= 2000  # a lease, not a 600 s lock
     entries = await redis.xrange(keys.turn(USER, session.session_id, turn))
-    assert entries == [(b"0-1", {b"s": b"1", b"d": HEAD + b'teacher"}'})]  # written once
+    assert entries == [(b"0-1", {b"s": b"1", b"d": HEAD + b'teacher"}'})]  # written once (by the helper)
+    admission = await store.admit_turn(
+        USER, session.session_id, turn, role=None, default_role="assistant", known_roles=["assistant", "teacher"]
+    )
+    assert admission.model == "small"  # the session's model, chosen at POST /chat/start
     assert await redis.get(keys.rate(USER)) == b"1"  # counted once
     with pytest.raises(TurnInProgress):
         await admit(store, session.session_id, new_turn())

@@ -22,7 +22,8 @@ def test_start_answers_the_session_with_a_welcome_that_is_not_stored(client: htt
     response = client.post("/chat/start", json={"role": "teacher", "title": "Fractions"})
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"session_id", "role", "welcome_message", "created_at"}
+    assert set(body) == {"session_id", "role", "welcome_message", "created_at", "model"}
+    assert body["model"] is None  # none chosen: each message gets the persona's, else the default
     assert body["role"] == "teacher" and body["welcome_message"]
     assert len(body["session_id"]) == 32
     stored = history(client, body["session_id"])
@@ -55,6 +56,8 @@ def test_get_stream_relays_the_answer_as_json_events_with_ids(client: httpx.Clie
         "session_id": session_id,
         "turn_id": events[0].data["turn_id"],
         "role": "teacher",
+        "model": "fake-model",
+        "context": {"messages": 0, "dropped": 0},
     }
     assert events[-1].type == "end" and events[-1].data["finish_reason"] == "stop"
     assert all(event.type == "chunk" for event in events[1:-1])

@@ -1,4 +1,4 @@
-"""`chatctl`, the admin command line: API keys, sessions, history cleanup, export and import.
+"""`chatctl`, the admin command line: API keys, sessions, history cleanup, export and import, usage.
 
 It reads the same settings as the server (REDIS_URL, REDIS_CLUSTER, REDIS_PREFIX, `.env`).
 With REDIS_URL unset it connects to the embedded Redis of the server (the Unix socket under
@@ -45,6 +45,7 @@ from personachat.admin.cli import (  # noqa: E402, F401
     personas,
     sessions,
     transfer,
+    usage,
 )
 
 if __name__ == "__main__":

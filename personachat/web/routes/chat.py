@@ -16,7 +16,7 @@ from personachat.web.craft_schemas import (
     CLIENT_MESSAGE_ID_PATTERN,
     FROM_TURN_DESCRIPTION,
 )
-from personachat.web.deps import IdentityDep, PersonasDep, ReadersDep, SettingsDep, StoreDep, TurnsDep
+from personachat.web.deps import IdentityDep, ModelsDep, PersonasDep, ReadersDep, SettingsDep, StoreDep, TurnsDep
 from personachat.web.params import ERRORS, LastEventIdHeader, LastEventIdQuery, SessionIdQuery
 from personachat.web.schemas import (
     ClearResponse,
@@ -34,16 +34,23 @@ router = APIRouter(responses=ERRORS)
 
 @router.post("/chat/start", response_model=StartResponse)
 async def start_chat(
-    identity: IdentityDep, store: StoreDep, personas: PersonasDep, body: Annotated[StartRequest | None, Body()] = None
+    identity: IdentityDep,
+    store: StoreDep,
+    personas: PersonasDep,
+    models: ModelsDep,
+    body: Annotated[StartRequest | None, Body()] = None,
 ) -> StartResponse:
-    """Start a session with a persona (the default one when no body is sent)."""
+    """Start a session with a persona (the default one when no body is sent), and optionally
+    a model of its own (an id from GET /models; 400 `unknown_model` otherwise)."""
     persona = await personas.resolve(identity.user_id, body.role if body else None)
-    session = await store.create_session(identity.user_id, persona.key, body.title if body else None)
+    model = models.registry.get(body.model).id if body and body.model is not None else None
+    session = await store.create_session(identity.user_id, persona.key, body.title if body else None, model)
     return StartResponse(
         session_id=session.session_id,
         role=persona.key,
         welcome_message=persona.welcome_message,
         created_at=session.created_at,
+        model=model,
     )
 
 
@@ -66,6 +73,7 @@ async def stream_get(
     session_id: SessionIdQuery,
     message: Annotated[str | None, Query(description="The user's message; left out when resuming.")] = None,
     role: Annotated[str | None, Query(description="Persona for this message.")] = None,
+    model: Annotated[str | None, Query(max_length=100, description="Model for this message (GET /models).")] = None,
     from_turn: Annotated[str | None, Query(description=FROM_TURN_DESCRIPTION)] = None,
     client_message_id: Annotated[
         str | None, Query(pattern=CLIENT_MESSAGE_ID_PATTERN, description=CLIENT_MESSAGE_ID_DESCRIPTION)
@@ -84,7 +92,15 @@ async def stream_get(
     messages with POST /chat/stream.
     """
     resume = last_event_id_header or last_event_id
-    request = TurnRequest(identity.user_id, session_id, message or "", role, from_turn, client_message_id)
+    request = TurnRequest(
+        identity.user_id,
+        session_id,
+        message or "",
+        role,
+        model=model,
+        from_turn=from_turn,
+        client_message_id=client_message_id,
+    )
     return await _stream(turns, readers, settings.sse_ping_seconds, request, resume, message is None)
 
 
@@ -102,7 +118,13 @@ async def stream_post(
     `message` is required, unless the request resumes a turn with `Last-Event-ID`.
     """
     request = TurnRequest(
-        identity.user_id, body.session_id, body.message or "", body.role, body.from_turn, body.client_message_id
+        identity.user_id,
+        body.session_id,
+        body.message or "",
+        body.role,
+        model=body.model,
+        from_turn=body.from_turn,
+        client_message_id=body.client_message_id,
     )
     return await _stream(turns, readers, settings.sse_ping_seconds, request, last_event_id_header, body.message is None)
 
@@ -161,6 +183,7 @@ async def history(
         messages=messages,  # type: ignore[arg-type]
         total=len(messages),
         running_turn_id=session.running_turn_id,
+        model=session.model,
     )
 
 
