@@ -271,13 +271,11 @@ async def store(redis_server: RedisProcess) -> AsyncIterator[HistoryStore]:
 
 async def store_turn(store: HistoryStore, session_id: str, text: str, **options: Any) -> tuple[str, str]:
     turn = secrets.token_hex(8)
-    admission = await store.admit_turn(
-        "u", session_id, turn, first_event_head=b'{"r":"', role=None, default_role="a", known_roles=["a"], **options
-    )
+    admission = await store.admit_turn("u", session_id, turn, role=None, default_role="a", known_roles=["a"], **options)
     if admission.duplicate_of:
         return admission.duplicate_of, "duplicate"
     again = await store.admit_turn(  # the same admission sent twice: admitted once, not a duplicate of itself
-        "u", session_id, turn, first_event_head=b'{"r":"', role=None, default_role="a", known_roles=["a"], **options
+        "u", session_id, turn, role=None, default_role="a", known_roles=["a"], **options
     )
     assert again.duplicate_of is None and again.window == admission.window
     messages = [{"role": "user", "content": text, "turn_id": turn}, {"role": "assistant", "content": "A " + text}]

@@ -110,9 +110,7 @@ def store_of(redis: Redis) -> HistoryStore:
 
 async def first_turn(store: HistoryStore, user: str, session_id: str) -> None:
     turn = secrets.token_hex(8)
-    await store.admit_turn(
-        user, session_id, turn, first_event_head=b'{"role":"', role=None, default_role="a", known_roles=["a"]
-    )
+    await store.admit_turn(user, session_id, turn, role=None, default_role="a", known_roles=["a"])
     messages = [{"role": "user", "content": "first words", "turn_id": turn}, {"role": "assistant", "content": "ok"}]
     status = await store.commit_turn(
         user,
