@@ -26,11 +26,20 @@ from personachat.store.client import BLOCK_MS
 from personachat.store.history import HistoryStore
 from personachat.store.keys import is_turn_id
 from personachat.store.turnlog import TurnLog, is_terminal
-from personachat.turns import LOST_PAYLOAD, TurnLost, TurnRun, TurnService, error_payload
+from personachat.turns import LOST_PAYLOAD, Replay, TurnLost, TurnRun, TurnService, error_payload
+
+Event = tuple[bytes, bytes]
+"""One event of a turn: its id (`<turn_id>:<seq>`) and its JSON payload."""
+
+Events = AsyncIterator[list[Event]]
+"""What a reader yields: the events that are in since its last batch, in order (a slow
+client gets what piled up as one batch)."""
 
 
-def sse_frame(event_id: bytes, payload: bytes) -> bytes:
-    return b"id: " + event_id + b"\r\ndata: " + payload + b"\r\n\r\n"
+async def sse_frames(events: Events) -> AsyncIterator[bytes]:
+    """A reader's batches as SSE frames, one write per batch."""
+    async for batch in events:
+        yield b"".join(b"id: " + event_id + b"\r\ndata: " + payload + b"\r\n\r\n" for event_id, payload in batch)
 
 
 def parse_event_id(value: str) -> tuple[str, int]:
@@ -41,22 +50,17 @@ def parse_event_id(value: str) -> tuple[str, int]:
     return turn_id, int(seq)
 
 
-def error_frame(prefix: bytes, seq: int, error: ChatError) -> bytes:
-    return sse_frame(prefix + str(seq).encode(), orjson.dumps(error_payload(error)))
+def error_event(prefix: bytes, seq: int, error: ChatError) -> list[Event]:
+    return [(prefix + str(seq).encode(), orjson.dumps(error_payload(error)))]
 
 
-async def follow(run: TurnRun, after: int = 0) -> AsyncIterator[bytes]:
-    """The events of a turn running here, after `after`; ends with its final event.
-
-    Events that piled up while the client was slow are sent as one write.
-    """
+async def follow(run: TurnRun, after: int = 0) -> Events:
+    """The events of a turn running here, after `after`; ends with its final event."""
     position = after
     while True:
         count = len(run.payloads)
         if position < count:
-            yield b"".join(
-                sse_frame(run.event_id(seq), run.payloads[seq - 1]) for seq in range(position + 1, count + 1)
-            )
+            yield [(run.event_id(seq), run.payloads[seq - 1]) for seq in range(position + 1, count + 1)]
             position = count
         elif run.finished:
             return
@@ -73,7 +77,15 @@ class TurnReaders:
         self._store = store
         self._log = log
 
-    async def open(self, user: str, session_id: str, last_event_id: str) -> AsyncIterator[bytes] | None:
+    async def of(self, user: str, started: TurnRun | Replay) -> Events | None:
+        """A reader of what `TurnService.start` answered: the new turn, live, or the turn a
+        repeated send started, from its start (None: it ended before anything could be read,
+        which cannot happen for a turn that has a start event)."""
+        if isinstance(started, TurnRun):
+            return follow(started)
+        return await self.open(user, started.session_id, f"{started.turn_id}:0")
+
+    async def open(self, user: str, session_id: str, last_event_id: str) -> Events | None:
         """A reader resuming after `last_event_id`; None when that was the turn's last event."""
         turn_id, after = parse_event_id(last_event_id)
         await self._store.get_session(user, session_id)  # 404 for a missing or foreign session
@@ -87,7 +99,7 @@ class TurnReaders:
             return None
         return self._read_stored(user, session_id, turn_id, after)
 
-    async def _read_stored(self, user: str, session_id: str, turn_id: str, after: int) -> AsyncIterator[bytes]:
+    async def _read_stored(self, user: str, session_id: str, turn_id: str, after: int) -> Events:
         """The events of a turn from its Redis stream (a turn of another instance, or finished)."""
         prefix = turn_id.encode() + b":"
         position = after
@@ -97,19 +109,24 @@ class TurnReaders:
             try:
                 events = await self._log.read_after(user, session_id, turn_id, position, block)
             except StoreUnavailable as exc:
-                yield error_frame(prefix, position + 1, exc)
+                yield error_event(prefix, position + 1, exc)
                 return
+            batch: list[Event] = []
             for seq, payload in events:
                 if seq <= position:  # never twice, never backwards, whatever the store holds
                     continue
-                yield sse_frame(prefix + str(seq).encode(), payload)
+                batch.append((prefix + str(seq).encode(), payload))
                 position = seq
                 if is_terminal(payload):
+                    break
+            if batch:
+                yield batch
+                if is_terminal(batch[-1][1]):
                     return
             if events:
                 block = BLOCK_MS
             elif self._turns.closing:
-                yield error_frame(prefix, position + 1, ServerShutdown())
+                yield error_event(prefix, position + 1, ServerShutdown())
                 return
             elif block is None and not marked_lost:
                 # The lease is gone and a last look found no final event: the turn's process
@@ -119,15 +136,15 @@ class TurnReaders:
                 try:
                     status = await self._store.end_lost_turn(user, session_id, turn_id, LOST_PAYLOAD, force=False)
                 except StoreUnavailable as exc:
-                    yield error_frame(prefix, position + 1, exc)
+                    yield error_event(prefix, position + 1, exc)
                     return
                 if status == "running":  # it holds its lease again: keep following
                     block, marked_lost = BLOCK_MS, False
                 elif status == "gone":
-                    yield error_frame(prefix, position + 1, TurnLost())
+                    yield error_event(prefix, position + 1, TurnLost())
                     return
             elif block is None:
-                yield error_frame(prefix, position + 1, TurnLost())
+                yield error_event(prefix, position + 1, TurnLost())
                 return
             elif not await self._still_running(user, session_id, turn_id):
                 # The final event and the lease's release are written together, but the final

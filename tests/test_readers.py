@@ -236,7 +236,7 @@ def test_an_outage_during_a_remote_read_is_not_taken_for_a_lost_turn(redis_serve
     runs; when that check cannot reach Redis the answer is "unknown": it reads on, and the
     turn's final event arrives, instead of a false `turn_lost`."""
 
-    async def scenario() -> list[bytes]:
+    async def scenario() -> list[tuple[bytes, bytes]]:
         live = create_redis(redis_server.url)
         away = create_redis(f"redis://127.0.0.1:{free_port()}/0")  # where the sessions "are": down
         keys = KeySpace("outage" + secrets.token_hex(3))
@@ -252,11 +252,11 @@ def test_an_outage_during_a_remote_read_is_not_taken_for_a_lost_turn(redis_serve
         user, session_id, turn_id = "someone", "a" * 32, "b" * 16
         await live.set(keys.lock(user, session_id), turn_id)  # the turn's lease, held by "another instance"
         await log.append(user, session_id, turn_id, 1, [b'{"type":"start"}'], lease_ms=60_000)
-        frames: list[bytes] = []
+        frames: list[tuple[bytes, bytes]] = []
 
         async def read() -> None:
-            async for frame in TurnReaders(turns, store, log)._read_stored(user, session_id, turn_id, 1):
-                frames.append(frame)
+            async for batch in TurnReaders(turns, store, log)._read_stored(user, session_id, turn_id, 1):
+                frames.extend(batch)
 
         reader = asyncio.create_task(read())
         await asyncio.sleep(BLOCK_MS / 1000 + 0.7)  # one blocking read and one failed check later
@@ -267,8 +267,8 @@ def test_an_outage_during_a_remote_read_is_not_taken_for_a_lost_turn(redis_serve
         await openai_client.close()
         return frames
 
-    frames = asyncio.run(scenario())
-    assert len(frames) == 1 and b'"type":"end"' in frames[0], frames  # not turn_lost
+    events = asyncio.run(scenario())
+    assert events == [(b"b" * 16 + b":2", b'{"type":"end","finish_reason":"stop"}')], events  # not turn_lost
 
 
 def test_a_flush_applied_but_reported_failed_never_repeats_events_to_any_reader(

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query, Response
 
 from personachat.admin.export import session_markdown
 from personachat.errors import InvalidRequest
-from personachat.readers import TurnReaders, follow
-from personachat.turns import Replay, TurnRequest, TurnService
+from personachat.readers import Events, TurnReaders, sse_frames
+from personachat.turns import TurnRequest, TurnService
 from personachat.web.craft_schemas import (
     CLIENT_MESSAGE_ID_DESCRIPTION,
     CLIENT_MESSAGE_ID_PATTERN,
@@ -132,22 +131,16 @@ async def stream_post(
 async def _stream(
     turns: TurnService, readers: TurnReaders, ping: float, request: TurnRequest, resume: str | None, no_message: bool
 ) -> Response:
-    reader: AsyncIterator[bytes] | None
+    events: Events | None
     if resume:
-        reader = await readers.open(request.user, request.session_id, resume)
-        if reader is None:  # the turn ended before this id: tell EventSource not to reconnect
-            return Response(status_code=204)
-    else:
-        if no_message:
-            raise InvalidRequest("'message' is required.")
-        started = await turns.start(request)
-        if isinstance(started, Replay):  # a repeated send: its turn, from the start
-            reader = await readers.open(request.user, request.session_id, f"{started.turn_id}:0")
-            if reader is None:
-                return Response(status_code=204)
-        else:
-            reader = follow(started)
-    return event_stream(reader, ping)
+        events = await readers.open(request.user, request.session_id, resume)
+    elif no_message:
+        raise InvalidRequest("'message' is required.")
+    else:  # a new turn, live; or a repeated send's turn, from its start
+        events = await readers.of(request.user, await turns.start(request))
+    if events is None:  # the turn ended before this id: tell EventSource not to reconnect
+        return Response(status_code=204)
+    return event_stream(sse_frames(events), ping)
 
 
 MARKDOWN = "text/markdown; charset=utf-8"
