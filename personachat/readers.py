@@ -18,6 +18,8 @@ Guarantees:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -159,3 +161,50 @@ class TurnReaders:
         except ChatError:
             return False
         return session.running_turn_id == turn_id
+
+
+# Error codes of a turn's final `error` event that say the model (or the turn's time) failed,
+# and the HTTP status a whole-answer client gets for each; any other code keeps its own.
+TIMEOUT_CODES = frozenset({"upstream_timeout", "turn_timeout"})
+
+
+@dataclass
+class TurnResult:
+    """A turn read to its end, for clients that want the whole answer at once."""
+
+    start: dict[str, Any]
+    content: str
+    end: dict[str, Any] | None  # the `end` event; None when the turn ended with `error`
+    error: dict[str, Any] | None  # the `error` event (`code`, `content`)
+
+    @property
+    def status_code(self) -> int:
+        """200; or what HTTP says of a failed turn: 504 for a timeout, 502 for another model
+        failure, 503 for the store or a shutdown."""
+        if self.error is None:
+            return 200
+        code = self.error.get("code", "")
+        if code in TIMEOUT_CODES:
+            return 504
+        if code in ("store_unavailable", "server_shutdown"):
+            return 503
+        return 502
+
+
+async def collect(events: Events) -> TurnResult:
+    """Read a turn's events to its final one and fold them into one result."""
+    start: dict[str, Any] = {}
+    parts: list[str] = []
+    async for batch in events:
+        for _, raw in batch:
+            payload = orjson.loads(raw)
+            kind = payload.get("type")
+            if kind == "chunk":
+                parts.append(payload.get("content", ""))
+            elif kind == "start":
+                start = payload
+            elif kind == "end":
+                return TurnResult(start, "".join(parts), payload, None)
+            elif kind == "error":
+                return TurnResult(start, "".join(parts), None, payload)
+    return TurnResult(start, "".join(parts), None, {"code": "turn_lost", "content": TurnLost.message})
