@@ -140,13 +140,13 @@ def install_openapi(
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = build()
-            for name in ("StartRequest", "StreamRequest", "SessionPatch"):
+            for name in ("StartRequest", "StreamRequest", "MessageRequest", "SessionPatch"):
                 properties = schema["components"]["schemas"][name]["properties"]
                 properties["role"] = _nullable_choice(properties["role"], role_keys)
                 if "message" in properties:
                     properties["message"]["maxLength"] = max_message_chars
             for name, component in schema["components"]["schemas"].items():
-                if model_ids and name in ("StartRequest", "StreamRequest", "PersonaDraft"):
+                if model_ids and name in ("StartRequest", "StreamRequest", "MessageRequest", "PersonaDraft"):
                     component["properties"]["model"] = _nullable_choice(component["properties"]["model"], model_ids)
             for path in schema["paths"].values():
                 for operation in path.values():
