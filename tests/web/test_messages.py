@@ -356,6 +356,9 @@ def test_the_route_is_documented_with_its_failure_statuses(client: httpx.Client)
     assert operation["summary"] and "client_message_id" in operation["description"]
     for status in ("200", "404", "409", "422", "502", "504"):
         assert status in operation["responses"], status
-    for status in ("502", "504"):
+    body = client.get("/openapi.json").json()["components"]["schemas"]["MessageRequest"]
+    assert body["required"] == ["session_id", "message"]
+    assert "At most 16000 characters" in body["properties"]["message"]["description"]  # MAX_MESSAGE_CHARS
+    for status in ("413", "502", "504"):
         schema = operation["responses"][status]["content"]["application/json"]["schema"]
         assert schema == {"$ref": "#/components/schemas/ErrorResponse"}

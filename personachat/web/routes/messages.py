@@ -26,6 +26,13 @@ router = APIRouter(responses=ERRORS, tags=["chat"])
 
 RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The turn's whole answer, stored in the history (partly, when it was stopped)."},
+    413: {
+        "model": ErrorResponse,
+        "description": (
+            "`message_too_long` (longer than MAX_MESSAGE_CHARS), `too_long_for_model` (it cannot fit the "
+            "model's context window even alone), or `body_too_large` (the body is over MAX_BODY_BYTES)."
+        ),
+    },
     502: {
         "model": ErrorResponse,
         "description": (
