@@ -191,13 +191,19 @@ class Models:
         completion: Completion,
         *,
         temperature: float | None = None,
+        max_tokens: int | None = None,
     ) -> AsyncIterator[str]:
+        """The answer of `entry`'s provider. `max_tokens`, a client's own bound on the answer,
+        is capped at the model's `max_output_tokens` (which is sent when the client names none)."""
+        limit = entry.max_output_tokens
+        if max_tokens is not None:
+            limit = max_tokens if limit is None else min(max_tokens, limit)
         return self.clients[entry.provider].stream(
             messages,
             completion,
             model=entry.upstream,
             temperature=temperature,
-            max_tokens=entry.max_output_tokens,
+            max_tokens=limit,
         )
 
 

@@ -70,6 +70,14 @@ async def follow(run: TurnRun, after: int = 0) -> Events:
             await run.changed()
 
 
+async def _stopping_when_left(run: TurnRun) -> Events:
+    try:
+        async for batch in follow(run):
+            yield batch
+    finally:
+        run.stop.set()  # after its end, a stop changes nothing
+
+
 class TurnReaders:
     """Resumes a turn of the caller's session after a given event: from memory when the turn
     runs in this process, else from its Redis stream."""
@@ -82,9 +90,11 @@ class TurnReaders:
     async def of(self, user: str, started: TurnRun | Replay) -> Events | None:
         """A reader of what `TurnService.start` answered: the new turn, live, or the turn a
         repeated send started, from its start (None: it ended before anything could be read,
-        which cannot happen for a turn that has a start event)."""
+        which cannot happen for a turn that has a start event). A one-off answer
+        (`TurnService.start_one_off`) has this one reader: when it leaves before the end, the
+        answer is stopped, since nothing would store it."""
         if isinstance(started, TurnRun):
-            return follow(started)
+            return follow(started) if started.stored else _stopping_when_left(started)
         return await self.open(user, started.session_id, f"{started.turn_id}:0")
 
     async def open(self, user: str, session_id: str, last_event_id: str) -> Events | None:

@@ -91,6 +91,23 @@ class TurnRequest:
     from_turn: str | None = None
     # Idempotent sends: a repeat of a send with this id reads the turn it started (`Replay`).
     client_message_id: str | None = None
+    # A client's own sampling bounds (the OpenAI-compatible API): a persona that pins a
+    # temperature keeps it; max_tokens is capped at the model's max_output_tokens (llm.Models).
+    temperature: float | None = None
+    max_tokens: int | None = None
+
+
+@dataclass
+class OneOffRequest:
+    """An answer that belongs to no session (the OpenAI-compatible API without X-Session-Id):
+    the persona's system prompt, then `messages` (the client's own user and assistant
+    messages, oldest first). Nothing of it is stored; it counts against the user's limits."""
+
+    user: str
+    role: str
+    messages: list[dict[str, Any]]
+    temperature: float | None = None
+    max_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +136,11 @@ class TurnRun:
     renewed_at: float = field(default_factory=time.monotonic)  # when the lease was last renewed
     from_turn: str | None = None  # the turn this one replaces, with every later one
     first_answer: bool = False  # the session had no messages before: it may get a title
+    temperature: float | None = None  # sent to the model (the persona's, else the request's)
+    max_tokens: int | None = None  # the request's bound (capped at the model's)
+    # False for a one-off answer (`start_one_off`): no session, nothing written to Redis but
+    # its slot in the user's limits; its events live in memory for its one reader.
+    stored: bool = True
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     writing: asyncio.Lock = field(default_factory=asyncio.Lock)
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -253,6 +275,8 @@ class TurnService:
             run = TurnRun(turn_id, request.user, request.session_id, persona, entry, fitted.context)
             run.from_turn = request.from_turn
             run.first_answer = admission.before == 0 and request.from_turn is None
+            run.temperature = _temperature(persona, request.temperature)
+            run.max_tokens = request.max_tokens
             start = {"type": "start", "session_id": request.session_id, "turn_id": turn_id, "role": persona.key}
             run.append({**start, "model": entry.id, "context": fitted.context})
             await self._write_start(run)
@@ -278,6 +302,41 @@ class TurnService:
             "turn started",
             extra={"turn_id": run.turn_id, "session_id": run.session_id, "role": persona.key, "model": entry.id},
         )
+        return run
+
+    async def start_one_off(self, request: OneOffRequest) -> TurnRun:
+        """Start an answer that belongs to no session; raises the errors known before it runs
+        (400 unknown role, 413 too long for the model, 429, 503).
+
+        It runs as a turn does, with the same model call, time limits and MAX_ANSWER_CHARS,
+        but its events stay in memory (read them with `readers.TurnReaders.of`, whose reader
+        stops it when it leaves: no one else can read it) and nothing is stored. It holds a
+        slot of the user's concurrent answers, as a lease, and counts against the rate limit.
+        """
+        if self.closing:
+            raise ServerShutdown()
+        persona = await self._personas.resolve(request.user, request.role)
+        entry = self._model.registry.choose(None, None, persona.model)
+        system = {"role": "system", "content": persona.system_prompt}
+        *window, last = request.messages  # the route refuses an empty list
+        fitted = fit(
+            system,
+            window,
+            last,
+            model=entry.id,
+            context_window=entry.context_window,
+            max_output_tokens=entry.max_output_tokens,
+        )
+        turn_id = secrets.token_hex(8)
+        await self._store.admit_one_off(request.user, turn_id)
+        run = TurnRun(turn_id, request.user, "", persona, entry, fitted.context, stored=False)
+        run.temperature = _temperature(persona, request.temperature)
+        run.max_tokens = request.max_tokens
+        run.append({"type": "start", "session_id": None, "turn_id": turn_id, "role": persona.key, "model": entry.id})
+        task = asyncio.create_task(self._run(run, [system, *fitted.history, last], last), name=f"one-off-{turn_id}")
+        self._tasks.add(task)
+        task.add_done_callback(functools.partial(self._task_done, run))
+        logger.info("one-off answer started", extra={"turn_id": turn_id, "role": persona.key, "model": entry.id})
         return run
 
     async def _write_start(self, run: TurnRun) -> None:
@@ -314,7 +373,10 @@ class TurnService:
             deadline = time.monotonic() + self._lease_ms / 1000
             while True:
                 try:
-                    await self._store.release_turn(user, session_id, turn_id)
+                    if session_id:
+                        await self._store.release_turn(user, session_id, turn_id)
+                    else:  # a one-off answer's slot
+                        await self._store.release_slot(user, turn_id)
                     return
                 except StoreUnavailable:
                     if time.monotonic() > deadline:
@@ -421,23 +483,25 @@ class TurnService:
     async def _stream_answer(
         self, run: TurnRun, prompt: list[dict[str, Any]], answer: list[str], completion: Completion
     ) -> None:
-        persona = run.persona
         flusher: asyncio.Task[None] | None = None
         started = time.monotonic()
         room = self._max_answer_chars  # what is left of MAX_ANSWER_CHARS
         try:
-            async for text in self._model.stream(run.model, prompt, completion, temperature=persona.temperature):
+            stream = self._model.stream(
+                run.model, prompt, completion, temperature=run.temperature, max_tokens=run.max_tokens
+            )
+            async for text in stream:
                 text = text[:room]
                 room -= len(text)
                 answer.append(text)
-                if flusher is None:  # the first chunk
+                if len(answer) == 1:  # the first chunk (a retry only follows an empty answer)
                     metrics.first_chunk(time.monotonic() - started)
                 run.append({"type": "chunk", "content": text})
                 # Keep room for the final event; an answer cut at MAX_ANSWER_CHARS ends here too.
                 if len(run.payloads) >= self._max_events - 1 or room == 0:
                     completion.finish_reason = "length"
                     return
-                if flusher is None or flusher.done():
+                if run.stored and (flusher is None or flusher.done()):
                     flusher = asyncio.create_task(self._flush_later(run))
         finally:
             if flusher is not None:
@@ -451,7 +515,10 @@ class TurnService:
             if time.monotonic() - run.renewed_at < interval:
                 continue
             try:
-                ours = await self._store.renew_lease(run.user, run.session_id, run.turn_id)
+                if run.stored:
+                    ours = await self._store.renew_lease(run.user, run.session_id, run.turn_id)
+                else:
+                    ours = await self._store.renew_slot(run.user, run.turn_id)
             except StoreUnavailable:
                 await asyncio.sleep(min(1.0, interval))  # the lease has two more tries before it runs out
                 continue
@@ -511,7 +578,7 @@ class TurnService:
         answer["model"] = run.model.id
         if finish_reason == "stopped":
             answer["stopped"] = True
-        end: dict[str, Any] = {"type": "end", "session_id": run.session_id, "turn_id": run.turn_id}
+        end: dict[str, Any] = {"type": "end", "session_id": run.session_id or None, "turn_id": run.turn_id}
         end["finish_reason"] = finish_reason
         if usage is not None:
             answer["usage"] = end["usage"] = usage
@@ -546,7 +613,12 @@ class TurnService:
     ) -> str | None:
         """Write the final event (and the messages) and release the lease, then end the readers
         in this process with what the store now says: `final`, `turn_lost` when the turn had
-        lost its lease, or `if_unreachable` when Redis could not be written."""
+        lost its lease, or `if_unreachable` when Redis could not be written. A one-off answer
+        stores nothing: its readers get `final`, and its slot is given back."""
+        if not run.stored:
+            run.append(final)
+            self._release_later(run.user, "", run.turn_id)
+            return "ok"
         async with run.writing:  # after any batch still being written, so ids stay in order
             payloads = [*run.payloads[run.flushed :], orjson.dumps(final)]
             try:
@@ -661,6 +733,11 @@ def _as_chat_error(exc: BaseException | None) -> ChatError:
         return exc
     logger.error("turn crashed", exc_info=exc)
     return ChatError()
+
+
+def _temperature(persona: Persona, requested: float | None) -> float | None:
+    """A persona that pins a temperature keeps it; otherwise the request's (None: the model's)."""
+    return persona.temperature if persona.temperature is not None else requested
 
 
 def error_payload(error: ChatError) -> dict[str, Any]:

@@ -230,6 +230,26 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# A one-off answer (no session: the OpenAI-compatible API without X-Session-Id) counts
+# against the same per-user limits as a turn, by a slot in the running zset with no lock.
+# KEYS: running zset, rate counter. ARGV: turn id, now ms, lease ms, max concurrent, rate
+# limit, rate window ms. Answers {'ok'} or a refusal, as the admission does. The first write
+# is one an out-of-memory Redis refuses (INCR or ZADD), as in the admission.
+_ADMIT_ONE_OFF = """
+local now, lease = tonumber(ARGV[2]), tonumber(ARGV[3])
+if redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf') >= tonumber(ARGV[4]) then return {'concurrency'} end
+local limit = tonumber(ARGV[5])
+if limit > 0 then
+  local used = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if used >= limit then return {'rate', redis.call('PTTL', KEYS[2])} end
+  if redis.call('INCR', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], ARGV[6]) end
+end
+redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('PTTL', KEYS[1]) < lease then redis.call('PEXPIRE', KEYS[1], lease) end
+return {'ok'}
+"""
+
 # KEYS: lock, running zset, turn stream. ARGV: turn id, "1" to end it even while it holds
 # its lease (its owner did not answer a stop), the final payload, stream ttl s.
 # Ends a turn whose owner is gone: its stream gets a final event (so every reader ends) and
@@ -353,6 +373,7 @@ class HistoryStore:
         self._renew = redis.register_script(_RENEW_LEASE)
         self._release = redis.register_script(_RELEASE_TURN)
         self._end_lost = redis.register_script(_END_LOST_TURN)
+        self._admit_one_off = redis.register_script(_ADMIT_ONE_OFF)
         self._delete = redis.register_script(DELETE_SESSION)
         self._clear = redis.register_script(_CLEAR_SESSION)
         self._update = redis.register_script(_UPDATE_SESSION)
@@ -567,16 +588,7 @@ class HistoryStore:
             raise TurnNotFound()
         if status == "busy":
             raise TurnInProgress()
-        if status == "concurrency":
-            raise RateLimited(
-                f"At most {limits.max_concurrent_turns} answers can be generated at once per user.",
-                retry_after=1,
-            )
-        if status == "rate":
-            raise RateLimited(
-                f"At most {limits.rate_limit_per_minute} messages per minute per user.",
-                retry_after=-(-int(reply[1]) // 1000),
-            )
+        self._check_limits(reply)
         chosen: bytes = reply[1]
         window = [_prompt_message(orjson.loads(item)) for item in reply[2]]
         return Admission(turn_id, chosen.decode(), window, int(reply[3]), model=reply[4].decode() or None)
@@ -657,6 +669,47 @@ class HistoryStore:
     async def release_turn(self, user: str, session_id: str, turn_id: str) -> None:
         """Release the turn's lease and slot (only if it still holds them); stores nothing."""
         await self._release(keys=self._keys_of_lease(user, session_id), args=[turn_id])
+
+    def _check_limits(self, reply: list[Any]) -> None:
+        """RateLimited (429) for an admission refused by the user's limits."""
+        status = reply[0].decode()
+        if status == "concurrency":
+            raise RateLimited(
+                f"At most {self._limits.max_concurrent_turns} answers can be generated at once per user.",
+                retry_after=1,
+            )
+        if status == "rate":
+            raise RateLimited(
+                f"At most {self._limits.rate_limit_per_minute} messages per minute per user.",
+                retry_after=-(-int(reply[1]) // 1000),
+            )
+
+    # -- one-off answers: the user's limits without a session ------------------------------
+
+    @translate_redis_errors
+    async def admit_one_off(self, user: str, turn_id: str) -> None:
+        """Take a slot of the user's concurrent answers and count a message against the rate
+        limit, for an answer that belongs to no session; RateLimited (429) when they are used
+        up. The slot is a lease like a turn's: renew it (`renew_slot`) while the answer runs."""
+        limits = self._limits
+        keys = [self._keys.running(user), self._keys.rate(user)]
+        args = [turn_id, _now_ms(), limits.lease_ms, limits.max_concurrent_turns, limits.rate_limit_per_minute]
+        self._check_limits(await self._admit_one_off(keys=keys, args=[*args, 60_000]))
+
+    @translate_redis_errors
+    async def renew_slot(self, user: str, turn_id: str) -> bool:
+        """Extend a one-off answer's slot. Always True: an answer with no session has nothing to
+        lose with its slot, and goes on (a slot already released is not taken again: XX)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(self._keys.running(user), {turn_id: _now_ms() + self._limits.lease_ms}, xx=True)
+            # Every slot is a lease of the same length, so none outlives this expiry.
+            pipe.pexpire(self._keys.running(user), self._limits.lease_ms)
+            await pipe.execute()
+        return True
+
+    @translate_redis_errors
+    async def release_slot(self, user: str, turn_id: str) -> None:
+        await self._redis.zrem(self._keys.running(user), turn_id)
 
     @translate_redis_errors
     async def end_lost_turn(self, user: str, session_id: str, turn_id: str, final: bytes, *, force: bool) -> str:

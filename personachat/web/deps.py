@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from config import Settings
+from personachat.errors import NotAuthenticated
 from personachat.identity import Identity, IdentityResolver
 from personachat.llm import Models
 from personachat.personas import PersonaResolver
@@ -51,6 +53,22 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 async def get_identity(request: Request, services: ServicesDep) -> Identity:
     return await services.identity.resolve(request)
+
+
+# Documents the key in the OpenAPI schema (the /docs "Authorize" button); the identity
+# resolver reads the header itself.
+api_key_scheme = HTTPBearer(auto_error=False, scheme_name="ApiKey", description="An API key (`chatctl keys create`).")
+
+
+async def get_api_key_identity(
+    request: Request,
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(api_key_scheme)],
+) -> Identity:
+    """An API key's identity, and nothing else: no cookie is read, none is minted (401 without a key)."""
+    if "authorization" not in request.headers:
+        raise NotAuthenticated()
+    return await services.identity.resolve(request)  # a wrong key, or not Bearer: 401
 
 
 async def get_store(services: ServicesDep) -> HistoryStore:
@@ -94,6 +112,7 @@ async def get_usage(services: ServicesDep) -> UsageStore:
 
 
 IdentityDep = Annotated[Identity, Depends(get_identity)]
+ApiKeyIdentityDep = Annotated[Identity, Depends(get_api_key_identity)]
 StoreDep = Annotated[HistoryStore, Depends(get_store)]
 TurnsDep = Annotated[TurnService, Depends(get_turns)]
 ReadersDep = Annotated[TurnReaders, Depends(get_readers)]

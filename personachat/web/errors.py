@@ -9,6 +9,14 @@ Three sources, one shape:
   (422 `invalid_request`); the static files mount raises the same exceptions;
 - a bug: 500 `internal_error`, logged once with its traceback (`unhandled`, called by the
   one middleware), not again by Starlette's ServerErrorMiddleware or by uvicorn.
+
+Under `/v1` (the OpenAI-compatible API) the same errors, with the same status and code, take
+OpenAI's shape instead, `{"error": {"message", "type", "param", "code"}}`, which the OpenAI
+SDKs read (`type` by status: `OPENAI_TYPES`). Bad input there is a 400 (where the rest of
+the API says 422), as OpenAI answers it; a failed validation names its first field in
+`param`. The body limit's 413 and the middleware's refusals follow the same rule
+(`error_body`); only the errors the HTTP server writes itself, before any route is known
+(414, 431, 408: `web.server`), are `{"code", "detail"}` everywhere.
 """
 
 from __future__ import annotations
@@ -41,20 +49,56 @@ HTTP_CODES = {
 }
 
 
-def error_response(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"code": code, "detail": detail}, status_code=status, headers=headers)
+OPENAI_PREFIX = "/v1"
+OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+
+
+def app_path(scope: Scope) -> str:
+    """The request's path within the app (without a proxy's prefix, uvicorn --root-path)."""
+    path, root = str(scope.get("path", "")), str(scope.get("root_path", ""))
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+def is_openai_path(scope: Scope) -> bool:
+    path = app_path(scope)
+    return path == OPENAI_PREFIX or path.startswith(OPENAI_PREFIX + "/")
+
+
+def openai_error(status: int, code: str, detail: str, param: str | None = None) -> dict[str, Any]:
+    """An error in the shape of OpenAI's API."""
+    kind = OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": detail, "type": kind, "param": param, "code": code}}
+
+
+def error_body(scope: Scope | None, status: int, code: str, detail: str) -> dict[str, Any]:
+    """`{"code", "detail"}`; OpenAI's shape for a request under /v1."""
+    if scope is not None and is_openai_path(scope):
+        return openai_error(status, code, detail)
+    return {"code": code, "detail": detail}
+
+
+def error_response(
+    status: int, code: str, detail: str, headers: dict[str, str] | None = None, *, scope: Scope | None = None
+) -> JSONResponse:
+    return JSONResponse(error_body(scope, status, code, detail), status_code=status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ChatError)
     async def chat_error(request: Request, exc: ChatError) -> JSONResponse:
+        if is_openai_path(request.scope):
+            status = 400 if exc.status_code == 422 else exc.status_code  # OpenAI's status for bad input
+            return JSONResponse(openai_error(status, exc.code, exc.message), status_code=status, headers=exc.headers)
         return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc'][1:]) or 'body'}: {error['msg']}" for error in exc.errors()
-        )
+        errors = exc.errors()
+        fields = [".".join(str(part) for part in error["loc"][1:]) for error in errors]
+        problems = "; ".join(f"{field or 'body'}: {error['msg']}" for field, error in zip(fields, errors, strict=True))
+        if is_openai_path(request.scope):
+            body = openai_error(400, "invalid_request", problems or "invalid request", fields[0] if fields else None)
+            return JSONResponse(body, status_code=400)
         return error_response(422, "invalid_request", problems or "invalid request")
 
     @app.exception_handler(HTTPException)
@@ -64,7 +108,10 @@ def install_error_handlers(app: FastAPI) -> None:
         if status == 400 and exc.__cause__ is not None:
             # FastAPI's "error parsing the body": invalid UTF-8, or JSON nested too deep to
             # parse. The same answer as any other body that is not JSON.
-            return error_response(422, "invalid_request", "body: the request body is not valid JSON (UTF-8).")
+            detail = "body: the request body is not valid JSON (UTF-8)."
+            if is_openai_path(request.scope):
+                return error_response(400, "invalid_request", detail, scope=request.scope)
+            return error_response(422, "invalid_request", detail)
         if status == 405:
             # Matched from the top: a mounted app (the static files) raises with its own root_path.
             scope = {**request.scope, "root_path": request.scope.get("app_root_path", request.scope["root_path"])}
@@ -73,13 +120,13 @@ def install_error_handlers(app: FastAPI) -> None:
             return Response(status_code=status, headers=headers)
         phrase = http.HTTPStatus(status).phrase if status in http.HTTPStatus._value2member_map_ else "Error"
         detail = exc.detail if isinstance(exc.detail, str) and exc.detail else phrase
-        return error_response(status, HTTP_CODES.get(status, "http_error"), detail, headers)
+        return error_response(status, HTTP_CODES.get(status, "http_error"), detail, headers, scope=request.scope)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Only reached for an error raised outside the one middleware's hook (which renders
         # and logs every other one); uvicorn logs this one, so it is not logged here.
-        return JSONResponse(ChatError().to_dict(), status_code=500)
+        return _internal_error(request.scope)
 
 
 def allowed_methods(app: ASGIApp, scope: Scope) -> list[str]:
@@ -129,4 +176,9 @@ async def unhandled(app: ASGIApp, scope: Scope, receive: Receive, send: Send) ->
         if started:
             raise
         logger.error("unhandled error on %s %s", scope.get("method"), scope.get("path"), exc_info=exc)
-        await JSONResponse(ChatError().to_dict(), status_code=500)(scope, receive, send)
+        await _internal_error(scope)(scope, receive, send)
+
+
+def _internal_error(scope: Scope) -> JSONResponse:
+    error = ChatError()
+    return error_response(500, error.code, error.message, scope=scope)

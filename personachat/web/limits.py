@@ -81,7 +81,7 @@ class BodyLimit:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         detail = f"The request body is larger than {self.max_bytes} bytes."
-        response = error_response(413, "body_too_large", detail, {"Connection": "close"})
+        response = error_response(413, "body_too_large", detail, {"Connection": "close"}, scope=scope)
         await response(scope, receive, send)
 
 

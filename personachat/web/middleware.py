@@ -38,7 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from personachat import metrics
 from personachat.identity import NEW_COOKIE
 from personachat.logs import request_id
-from personachat.web.errors import unhandled
+from personachat.web.errors import app_path, error_body, unhandled
 from personachat.web.limits import BodyLimit
 
 logger = logging.getLogger("personachat.access")
@@ -91,10 +91,7 @@ def _changes_state(scope: Scope) -> bool:
     method = scope["method"]
     if method in _STATE_CHANGING:
         return True
-    path, root = scope["path"], scope.get("root_path", "")
-    if root and path.startswith(root):
-        path = path[len(root) :]  # behind a proxy's prefix (uvicorn --root-path)
-    if method in ("GET", "HEAD") and path == "/chat/stream":
+    if method in ("GET", "HEAD") and app_path(scope) == "/chat/stream":
         # EventSource can only GET: a message in the query sends it.
         query = scope.get("query_string", b"").decode("latin-1")
         return any(name == "message" for name, _ in parse_qsl(query, keep_blank_values=True))
@@ -185,7 +182,7 @@ class ServiceMiddleware:
             if refusal is None:
                 await unhandled(self._limited, scope, receive, send_wrapped)
             else:
-                await _json_error(send_wrapped, *refusal)
+                await _json_error(send_wrapped, scope, *refusal)
         finally:
             if streaming:
                 metrics.STREAMS_OPEN.dec()
@@ -240,8 +237,8 @@ class ServiceMiddleware:
         return f"{self.cookie_name}={value}; Max-Age={self.cookie_max_age}; Path=/; HttpOnly; SameSite=Lax{secure}"
 
 
-async def _json_error(send: Send, status: int, code: str, detail: str) -> None:
-    body = orjson.dumps({"code": code, "detail": detail})
+async def _json_error(send: Send, scope: Scope, status: int, code: str, detail: str) -> None:
+    body = orjson.dumps(error_body(scope, status, code, detail))
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
