@@ -32,13 +32,16 @@ PING = b": ping\r\n\r\n"
 class EventSourceResponse(Response):
     """`text/event-stream` of whole SSE frames (`id:` and `data:` lines), as the readers make them."""
 
-    media_type = "text/event-stream"
+    # None on the class: FastAPI then documents a route's error responses as JSON (which they
+    # are), while the 200 says text/event-stream in the route's own `responses`.
+    media_type = None
 
     def __init__(self, frames: AsyncIterator[bytes], ping_seconds: float, status_code: int = 200) -> None:
         self.frames = frames
         self.ping_seconds = ping_seconds
         self.status_code = status_code  # (a parameter with a default: FastAPI's OpenAPI reads it)
         self.background = None
+        self.media_type = "text/event-stream"
         self.init_headers({"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
