@@ -100,11 +100,14 @@ async def chat_completions(
       The persona's system prompt replaces the request's `system` and `developer` messages;
       its pinned model answers, else the default model.
     - `X-Session-Id` header: the server's memory. Only the last user message is taken and
-      sent as a turn of that session (its prompt window, 404 for an unknown or foreign
-      session, 409 while another answer runs in it, 429 with Retry-After), and the turn is
-      stored. Without it, the request's user and assistant messages are the conversation,
-      oldest left out first when they do not fit the model (413 when the last cannot), and
-      nothing is stored.
+      sent as a turn of that session, as POST /chat/stream with `role` = `model` sends it:
+      the stored window as history, the session's model if it chose one, the persona kept
+      for the session's next turns; 404 for an unknown or foreign session, 409 while another
+      answer runs in it, 429 with Retry-After; the turn is stored, even if the client goes.
+      Without it, the request's user and assistant messages are the conversation, oldest
+      left out first when they do not fit the model (413 when the last cannot), nothing is
+      stored, the user's rate and concurrency limits still count it, and a client that goes
+      away stops it.
     - Accepted: `temperature` (unless the persona pins one, which wins), `max_tokens` or
       `max_completion_tokens` (capped at the model's max_output_tokens), `stream`,
       `stream_options.include_usage`.
