@@ -18,7 +18,6 @@ import signal
 import sys
 from pathlib import Path
 
-import sse_starlette  # noqa: F401  (imported first: it hooks uvicorn's exit handler for SSE streams)
 import uvicorn
 from pydantic import ValidationError
 

@@ -140,13 +140,21 @@ def install_openapi(
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = build()
-            for name in ("StartRequest", "StreamRequest", "SessionPatch"):
+            for name in ("StartRequest", "StreamRequest", "MessageRequest", "SessionPatch"):
                 properties = schema["components"]["schemas"][name]["properties"]
                 properties["role"] = _nullable_choice(properties["role"], role_keys)
-                if "message" in properties:
+                if name == "MessageRequest":
+                    # Said in words, not as maxLength: a longer message is 413 (the stream's
+                    # status, API.md), and schema checkers (schemathesis) take only 400/422-like
+                    # statuses as the refusal of a value the schema forbids.
+                    properties["message"]["description"] += (
+                        f" At most {max_message_chars} characters (MAX_MESSAGE_CHARS): a longer one is 413"
+                        " `message_too_long`."
+                    )
+                elif "message" in properties:
                     properties["message"]["maxLength"] = max_message_chars
             for name, component in schema["components"]["schemas"].items():
-                if model_ids and name in ("StartRequest", "StreamRequest", "PersonaDraft"):
+                if model_ids and name in ("StartRequest", "StreamRequest", "MessageRequest", "PersonaDraft"):
                     component["properties"]["model"] = _nullable_choice(component["properties"]["model"], model_ids)
             for path in schema["paths"].values():
                 for operation in path.values():

@@ -1,19 +1,89 @@
 """The SSE response a stream route returns: the reader's frames, keep-alive pings, and a close
 when the client goes away (which never stops the turn: only the reader ends).
 
+A small ASGI response of our own rather than sse-starlette's `EventSourceResponse`: that one
+runs four tasks per stream and opens an anyio cancel scope around every send, which the
+benchmark (`bench/`) measured as a large share of the CPU per relayed chunk. This one does
+what the service needs and no more:
+
+- the frames go out as they come, one `send` each (a reader joins what piled up into one);
+- a `: ping` comment after every SSE_PING_SECONDS without a write (proxies keep the stream);
+- one task waits for the client's `http.disconnect` and then ends the response at once,
+  wherever it waits (for the model's first token, or for a write to drain);
+- headers: `Cache-Control: no-store`, `X-Accel-Buffering: no` (nginx does not buffer).
+
 What waits for a slow client is bounded: the server (`personachat.web.server`) disconnects a
 client that reads nothing for SEND_TIMEOUT_SECONDS while 64 KiB are queued, which ends this
 response like any disconnect, and an answer is at most MAX_ANSWER_CHARS long."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
-from sse_starlette import EventSourceResponse
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 __all__ = ["EventSourceResponse", "event_stream"]
 
+PING = b": ping\r\n\r\n"
+
+
+class EventSourceResponse(Response):
+    """`text/event-stream` of whole SSE frames (`id:` and `data:` lines), as the readers make them."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, frames: AsyncIterator[bytes], ping_seconds: float, status_code: int = 200) -> None:
+        self.frames = frames
+        self.ping_seconds = ping_seconds
+        self.status_code = status_code  # (a parameter with a default: FastAPI's OpenAPI reads it)
+        self.background = None
+        self.init_headers({"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        loop = asyncio.get_running_loop()
+        streaming = asyncio.current_task()
+        assert streaming is not None
+        last_write = loop.time()
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            streaming.cancel()
+
+        async def ping() -> None:
+            nonlocal last_write
+            while True:
+                await asyncio.sleep(max(0.0, last_write + self.ping_seconds - loop.time()))
+                if loop.time() - last_write >= self.ping_seconds:
+                    last_write = loop.time()
+                    await send({"type": "http.response.body", "body": PING, "more_body": True})
+
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        watcher = asyncio.create_task(watch())
+        helpers = [watcher, asyncio.create_task(ping())] if self.ping_seconds > 0 else [watcher]
+        try:
+            try:
+                async for frames in self.frames:
+                    last_write = loop.time()
+                    await send({"type": "http.response.body", "body": frames, "more_body": True})
+            finally:
+                for helper in helpers:
+                    helper.cancel()
+                close = getattr(self.frames, "aclose", None)
+                if close is not None:
+                    await close()
+            await asyncio.wait(helpers)  # no ping may follow the last body
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            streaming.uncancel()  # the client went away: this response ends, quietly
+
 
 def event_stream(frames: AsyncIterator[bytes], ping_seconds: float) -> EventSourceResponse:
-    """`frames` are whole SSE frames (`id:` and `data:` lines), as the readers make them."""
-    return EventSourceResponse(frames, ping=ping_seconds, shutdown_event=None, shutdown_grace_period=5)
+    return EventSourceResponse(frames, ping_seconds)

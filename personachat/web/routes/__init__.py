@@ -4,13 +4,14 @@ shapes the answer; none names a Redis key or a model parameter."""
 from fastapi import APIRouter
 
 from personachat.metrics import router as metrics_router
-from personachat.web.routes import chat, models, openai_api, ops, roles, sessions
+from personachat.web.routes import chat, messages, models, openai_api, ops, roles, sessions
 
 router = APIRouter()
 # Paths whose route reads its body with a bound of its own, instead of MAX_BODY_BYTES.
 BOUNDED_BY_THEIR_ROUTE = ("/roles/import",)
 for module_router in (
     chat.router,
+    messages.router,
     sessions.router,
     roles.router,
     ops.router,
