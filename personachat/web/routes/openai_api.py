@@ -191,38 +191,45 @@ async def _chunks(events: Events, model: str, include_usage: bool) -> AsyncItera
         chunk = {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra}
         return _data(chunk)
 
-    async for batch in events:
-        frames: list[bytes] = []
-        text: list[str] = []
-        for _, raw in batch:
-            payload = orjson.loads(raw)
-            kind = payload.get("type")
-            if kind == "chunk":
-                text.append(payload.get("content", ""))
-                continue
+    try:
+        async for batch in events:
+            frames: list[bytes] = []
+            text: list[str] = []
+            for _, raw in batch:
+                payload = orjson.loads(raw)
+                kind = payload.get("type")
+                if kind == "chunk":
+                    text.append(payload.get("content", ""))
+                    continue
+                if text:
+                    frames.append(frame({"content": "".join(text)}))
+                    text = []
+                if kind == "start":
+                    head["id"] = _completion_id(payload)
+                    frames.append(frame({"role": "assistant", "content": ""}))
+                elif kind == "end":
+                    usage = _usage(payload)
+                    known = {"usage": usage.model_dump()} if usage is not None and not include_usage else {}
+                    frames.append(frame({}, _finish(payload), **known))
+                    if include_usage:
+                        frames.append(_data({**head, "choices": [], "usage": usage.model_dump() if usage else None}))
+                    yield b"".join([*frames, b"data: [DONE]\n\n"])
+                    return
+                elif kind == "error":
+                    failed = CompletionFailed(TurnResult({}, "", None, payload))
+                    frames.append(_data(openai_error(failed.status_code, failed.code, failed.message)))
+                    yield b"".join(frames)
+                    return
             if text:
                 frames.append(frame({"content": "".join(text)}))
-                text = []
-            if kind == "start":
-                head["id"] = _completion_id(payload)
-                frames.append(frame({"role": "assistant", "content": ""}))
-            elif kind == "end":
-                usage = _usage(payload)
-                known = {"usage": usage.model_dump()} if usage is not None and not include_usage else {}
-                frames.append(frame({}, _finish(payload), **known))
-                if include_usage:
-                    frames.append(_data({**head, "choices": [], "usage": usage.model_dump() if usage else None}))
-                yield b"".join([*frames, b"data: [DONE]\n\n"])
-                return
-            elif kind == "error":
-                failed = CompletionFailed(TurnResult({}, "", None, payload))
-                frames.append(_data(openai_error(failed.status_code, failed.code, failed.message)))
+            if frames:
                 yield b"".join(frames)
-                return
-        if text:
-            frames.append(frame({"content": "".join(text)}))
-        if frames:
-            yield b"".join(frames)
+    finally:
+        # Closed now, not whenever the garbage collector comes: the reader of a one-off answer
+        # stops it when it is closed (a client that went away).
+        close = getattr(events, "aclose", None)
+        if close is not None:
+            await close()
 
 
 def _data(payload: dict[str, Any]) -> bytes:
