@@ -32,9 +32,10 @@ PING = b": ping\r\n\r\n"
 class EventSourceResponse(Response):
     """`text/event-stream` of whole SSE frames (`id:` and `data:` lines), as the readers make them."""
 
-    media_type = "text/event-stream"
-
     def __init__(self, frames: AsyncIterator[bytes], ping_seconds: float, status_code: int = 200) -> None:
+        # Set here, not on the class: FastAPI documents a route's other responses (its JSON
+        # errors) under its response class's media type, and they are application/json.
+        self.media_type = "text/event-stream"
         self.frames = frames
         self.ping_seconds = ping_seconds
         self.status_code = status_code  # (a parameter with a default: FastAPI's OpenAPI reads it)
