@@ -194,6 +194,28 @@ async def test_a_dead_turn_frees_its_session_and_slot_when_its_lease_runs_out(re
     await admit(store, first, new_turn())  # the session and the slot are free again
 
 
+async def test_a_one_off_answer_shares_the_user_s_limits_by_a_slot_that_is_a_lease(
+    redis: Redis, keys: KeySpace
+) -> None:
+    store = HistoryStore(redis, keys, limits(lease_ms=300, max_concurrent_turns=2, rate_limit_per_minute=3))
+    session = (await store.create_session(USER, "assistant", None)).session_id
+    await admit(store, session, new_turn())
+    one_off = new_turn()
+    await store.admit_one_off(USER, one_off)  # no session, no lock: only the slot and the count
+    with pytest.raises(RateLimited, match="at once"):  # a turn and a one-off: two at once at most
+        await store.admit_one_off(USER, new_turn())
+    await asyncio.sleep(0.2)
+    assert await store.renew_slot(USER, one_off)  # renewed: it outlives the turn's lease
+    await asyncio.sleep(0.2)
+    await store.admit_one_off(USER, new_turn())  # the turn's lease ran out, the one-off's did not
+    await store.release_slot(USER, one_off)
+    await store.renew_slot(USER, one_off)  # a late renewal does not take a released slot again
+    assert one_off.encode() not in await redis.zrange(keys.running(USER), 0, -1)
+    with pytest.raises(RateLimited, match="per minute"):  # 3 counted: the turn and 2 one-offs
+        await store.admit_one_off(USER, new_turn())
+    assert await redis.get(keys.rate(USER)) == b"3"  # a refused admission counts nothing
+
+
 async def test_ending_a_lost_turn_writes_its_final_event_once_and_frees_the_session(
     store: HistoryStore, redis: Redis, keys: KeySpace
 ) -> None:

@@ -100,11 +100,14 @@ async def chat_completions(
       The persona's system prompt replaces the request's `system` and `developer` messages;
       its pinned model answers, else the default model.
     - `X-Session-Id` header: the server's memory. Only the last user message is taken and
-      sent as a turn of that session (its prompt window, 404 for an unknown or foreign
-      session, 409 while another answer runs in it, 429 with Retry-After), and the turn is
-      stored. Without it, the request's user and assistant messages are the conversation,
-      oldest left out first when they do not fit the model (413 when the last cannot), and
-      nothing is stored.
+      sent as a turn of that session, as POST /chat/stream with `role` = `model` sends it:
+      the stored window as history, the session's model if it chose one, the persona kept
+      for the session's next turns; 404 for an unknown or foreign session, 409 while another
+      answer runs in it, 429 with Retry-After; the turn is stored, even if the client goes.
+      Without it, the request's user and assistant messages are the conversation, oldest
+      left out first when they do not fit the model (413 when the last cannot), nothing is
+      stored, the user's rate and concurrency limits still count it, and a client that goes
+      away stops it.
     - Accepted: `temperature` (unless the persona pins one, which wins), `max_tokens` or
       `max_completion_tokens` (capped at the model's max_output_tokens), `stream`,
       `stream_options.include_usage`.
@@ -188,38 +191,45 @@ async def _chunks(events: Events, model: str, include_usage: bool) -> AsyncItera
         chunk = {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra}
         return _data(chunk)
 
-    async for batch in events:
-        frames: list[bytes] = []
-        text: list[str] = []
-        for _, raw in batch:
-            payload = orjson.loads(raw)
-            kind = payload.get("type")
-            if kind == "chunk":
-                text.append(payload.get("content", ""))
-                continue
+    try:
+        async for batch in events:
+            frames: list[bytes] = []
+            text: list[str] = []
+            for _, raw in batch:
+                payload = orjson.loads(raw)
+                kind = payload.get("type")
+                if kind == "chunk":
+                    text.append(payload.get("content", ""))
+                    continue
+                if text:
+                    frames.append(frame({"content": "".join(text)}))
+                    text = []
+                if kind == "start":
+                    head["id"] = _completion_id(payload)
+                    frames.append(frame({"role": "assistant", "content": ""}))
+                elif kind == "end":
+                    usage = _usage(payload)
+                    known = {"usage": usage.model_dump()} if usage is not None and not include_usage else {}
+                    frames.append(frame({}, _finish(payload), **known))
+                    if include_usage:
+                        frames.append(_data({**head, "choices": [], "usage": usage.model_dump() if usage else None}))
+                    yield b"".join([*frames, b"data: [DONE]\n\n"])
+                    return
+                elif kind == "error":
+                    failed = CompletionFailed(TurnResult({}, "", None, payload))
+                    frames.append(_data(openai_error(failed.status_code, failed.code, failed.message)))
+                    yield b"".join(frames)
+                    return
             if text:
                 frames.append(frame({"content": "".join(text)}))
-                text = []
-            if kind == "start":
-                head["id"] = _completion_id(payload)
-                frames.append(frame({"role": "assistant", "content": ""}))
-            elif kind == "end":
-                usage = _usage(payload)
-                known = {"usage": usage.model_dump()} if usage is not None and not include_usage else {}
-                frames.append(frame({}, _finish(payload), **known))
-                if include_usage:
-                    frames.append(_data({**head, "choices": [], "usage": usage.model_dump() if usage else None}))
-                yield b"".join([*frames, b"data: [DONE]\n\n"])
-                return
-            elif kind == "error":
-                failed = CompletionFailed(TurnResult({}, "", None, payload))
-                frames.append(_data(openai_error(failed.status_code, failed.code, failed.message)))
+            if frames:
                 yield b"".join(frames)
-                return
-        if text:
-            frames.append(frame({"content": "".join(text)}))
-        if frames:
-            yield b"".join(frames)
+    finally:
+        # Closed now, not whenever the garbage collector comes: the reader of a one-off answer
+        # stops it when it is closed (a client that went away).
+        close = getattr(events, "aclose", None)
+        if close is not None:
+            await close()
 
 
 def _data(payload: dict[str, Any]) -> bytes:
