@@ -11,6 +11,7 @@
     ├── SessionNotFound (404)           missing and foreign sessions look the same
     ├── TurnNotFound (404)              a Last-Event-ID that names no turn of this session
     ├── TurnInProgress (409)            one turn at a time per session
+    ├── SocketBusy (409)                one relayed turn at a time per WebSocket
     ├── RateLimited (429)               with Retry-After
     ├── ReadOnlyPersona (403)           a built-in or file persona cannot be changed
     ├── PersonaNotFound (404)           missing and other users' personas look the same
@@ -104,6 +105,12 @@ class TurnInProgress(ChatError):
     status_code = 409
     code = "turn_in_progress"
     message = "An answer is still being generated in this session; wait for it or stop it."
+
+
+class SocketBusy(ChatError):
+    status_code = 409
+    code = "socket_busy"
+    message = "This socket is relaying an answer; wait for its end."
 
 
 class RateLimited(ChatError):

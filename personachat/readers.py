@@ -17,7 +17,7 @@ Guarantees:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,7 @@ from personachat.turns import LOST_PAYLOAD, Replay, TurnLost, TurnRun, TurnServi
 Event = tuple[bytes, bytes]
 """One event of a turn: its id (`<turn_id>:<seq>`) and its JSON payload."""
 
-Events = AsyncIterator[list[Event]]
+Events = AsyncGenerator[list[Event], None]
 """What a reader yields: the events that are in since its last batch, in order (a slow
 client gets what piled up as one batch)."""
 

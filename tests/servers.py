@@ -168,3 +168,18 @@ def running(server: Any) -> Iterator[Any]:
         yield server
     finally:
         server.stop()
+
+
+def read_until_closed(sock: socket.socket, seconds: float = 20) -> bytes:
+    """What a socket receives until the server closes (or resets) it, for at most `seconds`."""
+    received = b""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            piece = sock.recv(65_536)
+        except ConnectionResetError:
+            break
+        if not piece:
+            break
+        received += piece
+    return received

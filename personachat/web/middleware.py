@@ -75,6 +75,12 @@ class CrossSitePolicy:
             return netloc != headers.get("host", "").lower()
         return False  # curl, scripts: neither header, and no cookie a browser sent on its own
 
+    def may_set_cookie(self, headers: Headers) -> bool:
+        """False for a request from another site: it may lack a valid cookie only because the
+        browser left it out (SameSite), and a cookie minted for it would replace the visitor's
+        own. A listed front end on another *site* is the same case (it never sends a Lax cookie)."""
+        return not self.is_foreign(headers) and headers.get("sec-fetch-site", "").lower() != "cross-site"
+
     def refuses(self, scope: Scope, headers: Headers) -> bool:
         """True for a state-changing request, on the cookie alone, from another site's page."""
         if not _changes_state(scope):
@@ -151,12 +157,7 @@ class ServiceMiddleware:
         started = time.perf_counter()
         request_headers = Headers(scope=scope)
         refusal = self._refusal(scope, request_headers)
-        # A request from another site may lack a valid cookie only because the browser left it
-        # out (SameSite): a cookie minted for it would replace the visitor's own. A listed
-        # front end on another *site* is the same case (it can never use a Lax cookie).
-        no_new_cookie = self.cross_site.is_foreign(request_headers) or (
-            request_headers.get("sec-fetch-site", "").lower() == "cross-site"
-        )
+        no_new_cookie = not self.cross_site.may_set_cookie(request_headers)
         incoming = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
         rid = incoming if _REQUEST_ID.fullmatch(incoming) else secrets.token_hex(8)
         token = request_id.set(rid)
@@ -212,19 +213,43 @@ class ServiceMiddleware:
         return None
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        refusal = self._refusal(scope, Headers(scope=scope))
-        if refusal is None:
-            await self.app(scope, receive, send)
-            return
-        logger.info("WS %s %s", scope["path"], refusal[0], extra={"method": "WS", "status": refusal[0]})
-        if "websocket.http.response" in scope.get("extensions", {}):
-            status, code, detail = refusal
-            body = orjson.dumps({"code": code, "detail": detail})
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-            await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
-            await send({"type": "websocket.http.response.body", "body": body})
-        else:
-            await send({"type": "websocket.close", "code": 1008})  # the server answers 403
+        """A WebSocket upgrade: refused as an HTTP request would be (JSON, when the server can
+        answer a handshake with a body), else the app runs with a request id, a new identity's
+        cookie on the handshake's answer, and one log line when the socket closes."""
+        started = time.perf_counter()
+        headers = Headers(scope=scope)
+        refusal = self._refusal(scope, headers)
+        outcome = {"status": 403}
+        token = request_id.set(secrets.token_hex(8))
+        try:
+            if refusal is None:
+                await self.app(scope, receive, self._socket_send(scope, headers, send, outcome))
+            elif "websocket.http.response" in scope.get("extensions", {}):
+                outcome["status"] = refusal[0]
+                await _json_error(send, scope, *refusal, message="websocket.http.response")
+            else:
+                await send({"type": "websocket.close", "code": 1008})  # the server answers 403
+        finally:
+            request_id.reset(token)
+            route = getattr(scope.get("route"), "path", None) or _unrouted(scope)
+            status, ms = outcome["status"], round((time.perf_counter() - started) * 1000, 1)
+            logger.info("WS %s %s", route, status, extra={"method": "WS", "route": route, "status": status, "ms": ms})
+
+    def _socket_send(self, scope: Scope, headers: Headers, send: Send, outcome: dict[str, int]) -> Send:
+        no_new_cookie = not self.cross_site.may_set_cookie(headers)
+
+        async def send_wrapped(message: Message) -> None:
+            if message["type"] == "websocket.accept":
+                outcome["status"] = 101
+                cookie = scope.get("state", {}).get(NEW_COOKIE)
+                if cookie is not None and not no_new_cookie:
+                    set_cookie = (b"set-cookie", self._cookie(scope, cookie).encode("latin-1"))
+                    message = {**message, "headers": [*message.get("headers", []), set_cookie]}
+            elif message["type"] == "websocket.http.response.start":
+                outcome["status"] = message["status"]
+            await send(message)
+
+        return send_wrapped
 
     def _security_headers(self, headers: MutableHeaders) -> None:
         headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -237,11 +262,14 @@ class ServiceMiddleware:
         return f"{self.cookie_name}={value}; Max-Age={self.cookie_max_age}; Path=/; HttpOnly; SameSite=Lax{secure}"
 
 
-async def _json_error(send: Send, scope: Scope, status: int, code: str, detail: str) -> None:
+async def _json_error(
+    send: Send, scope: Scope, status: int, code: str, detail: str, *, message: str = "http.response"
+) -> None:
+    """Answer `{"code", "detail"}` (`message`: "websocket.http.response" to refuse a handshake)."""
     body = orjson.dumps(error_body(scope, status, code, detail))
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": message + ".start", "status": status, "headers": headers})
+    await send({"type": message + ".body", "body": body})
 
 
 def _unrouted(scope: Scope) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
@@ -13,6 +13,9 @@ from personachat.web.craft_schemas import (
     CLIENT_MESSAGE_ID_PATTERN,
     FROM_TURN_DESCRIPTION,
 )
+
+if TYPE_CHECKING:
+    from personachat.turns import TurnRequest
 
 # What a sendable message looks like: at least one character that is not whitespace.
 MESSAGE_PATTERN = r"\S"
@@ -57,6 +60,20 @@ class StreamRequest(BaseModel):
         None, pattern=CLIENT_MESSAGE_ID_PATTERN, description=CLIENT_MESSAGE_ID_DESCRIPTION
     )
     model: str | None = Field(None, max_length=100, description="The model for this message, an id from GET /models.")
+
+    def turn_request(self, user: str) -> TurnRequest:
+        """The send this body asks for, as `TurnService.start` takes it."""
+        from personachat.turns import TurnRequest  # (turns imports the store, which imports this module)
+
+        return TurnRequest(
+            user,
+            self.session_id,
+            self.message or "",
+            self.role,
+            model=self.model,
+            from_turn=self.from_turn,
+            client_message_id=self.client_message_id,
+        )
 
 
 class Message(BaseModel):

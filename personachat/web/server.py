@@ -23,6 +23,16 @@ is the slower parser and has no time limits either.) `HttpProtocol` is uvicorn's
   what it had queued is freed (its turn goes on and is stored).
 - Errors the server answers itself are JSON `{"code", "detail"}`, like the app's, with
   `Connection: close`.
+
+A WebSocket (`GET /chat/ws`) leaves this protocol at its upgrade for `WebSocketProtocol`,
+uvicorn's websockets (sans-I/O) protocol with the same send bound: a client that reads
+nothing for SEND_TIMEOUT_SECONDS while 64 KiB are queued is cut off, and the app's pending
+send sees the disconnect. uvicorn already bounds the rest: a message is at most
+MAX_BODY_BYTES (a larger one closes the socket with 1009), one received message waits for
+the app at a time (reading pauses until it is taken), and a keep-alive ping every
+SSE_PING_SECONDS closes a peer that has not answered within SEND_TIMEOUT_SECONDS.
+Compression (permessage-deflate) is off: chat frames are small, and each socket's zlib
+state would cost far more memory than it saves.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 if TYPE_CHECKING:
     from uvicorn.config import Config
@@ -68,10 +79,48 @@ def server_options(settings: Settings) -> dict[str, Any]:
         request_timeout=settings.request_timeout_seconds,
         send_timeout=settings.send_timeout_seconds,
     )
-    return {"http": functools.partial(HttpProtocol, limits=limits), "timeout_keep_alive": settings.keep_alive_seconds}
+    return {
+        "http": functools.partial(HttpProtocol, limits=limits),
+        "timeout_keep_alive": settings.keep_alive_seconds,
+        "ws": functools.partial(WebSocketProtocol, send_timeout=settings.send_timeout_seconds),
+        "ws_max_size": settings.resolved_max_body_bytes,
+        "ws_ping_interval": settings.sse_ping_seconds,
+        "ws_ping_timeout": settings.send_timeout_seconds,
+        "ws_per_message_deflate": False,
+    }
 
 
-class HttpProtocol(HttpToolsProtocol):
+class SendTimeout:
+    """Cuts off a client that reads nothing: when the transport's write buffer stays above its
+    high-water mark for `send_timeout` seconds, the connection is aborted (what is buffered is
+    dropped, and connection_lost wakes the app's pending send)."""
+
+    send_timeout: float
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    _send_timer: TimerHandle | None = None
+
+    def pause_writing(self) -> None:
+        super().pause_writing()  # type: ignore[misc]
+        if self._send_timer is None:
+            self._send_timer = self.loop.call_later(self.send_timeout, self._send_timed_out)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()  # type: ignore[misc]
+        self._stop_send_timer()
+
+    def _stop_send_timer(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _send_timed_out(self) -> None:
+        self._send_timer = None
+        logger.info("cutting off a client that read nothing for %g seconds", self.send_timeout)
+        self.transport.abort()
+
+
+class HttpProtocol(SendTimeout, HttpToolsProtocol):
     def __init__(
         self,
         config: Config,
@@ -83,13 +132,13 @@ class HttpProtocol(HttpToolsProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.limits = limits
+        self.send_timeout = limits.send_timeout
         self._in_head = True  # between requests, or reading one's request line and headers
         self._head_bytes = 0  # bytes fed to the parser since the head began
         self._url_bytes = 0
         self._header_bytes = 0
         self._refusal: tuple[int, str, str] | None = None
         self._read_timer: TimerHandle | None = None
-        self._send_timer: TimerHandle | None = None
         self._upgraded = False
 
     # -- connection -------------------------------------------------------------------------
@@ -177,10 +226,8 @@ class HttpProtocol(HttpToolsProtocol):
         self._read_timer = self.loop.call_later(self.limits.request_timeout, self._read_timed_out)
 
     def _stop_timers(self) -> None:
-        for timer in (self._read_timer, self._send_timer):
-            if timer is not None:
-                timer.cancel()
-        self._read_timer = self._send_timer = None
+        self._stop_read_timer()
+        self._stop_send_timer()
 
     def _stop_read_timer(self) -> None:
         if self._read_timer is not None:
@@ -213,22 +260,6 @@ class HttpProtocol(HttpToolsProtocol):
     def _seconds(self) -> str:
         return f"{self.limits.request_timeout:g} seconds"
 
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        if self._send_timer is None:
-            self._send_timer = self.loop.call_later(self.limits.send_timeout, self._send_timed_out)
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        if self._send_timer is not None:
-            self._send_timer.cancel()
-            self._send_timer = None
-
-    def _send_timed_out(self) -> None:
-        self._send_timer = None
-        logger.info("closing a connection whose client read nothing for %g seconds", self.limits.send_timeout)
-        self.transport.abort()  # drops what is buffered; connection_lost wakes the app's send()
-
     # -- refusals -------------------------------------------------------------------------
 
     def _url_refusal(self) -> tuple[int, str, str]:
@@ -257,3 +288,23 @@ class HttpProtocol(HttpToolsProtocol):
         content += [b"connection: close\r\n\r\n", body]
         self.transport.write(b"".join(content))
         self.transport.close()
+
+
+class WebSocketProtocol(SendTimeout, WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol, cutting off a client that reads nothing (see the module's docstring)."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        send_timeout: float,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.send_timeout = send_timeout
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_send_timer()
+        super().connection_lost(exc)

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import Service, history, start_session
+from tests.servers import read_until_closed
 
 OPEN: list[socket.socket] = []
 
@@ -37,15 +38,7 @@ def connect(service: Service, rcvbuf: int | None = None) -> socket.socket:
 
 def read_response(sock: socket.socket) -> tuple[int, dict[str, str]]:
     """The status and JSON body of the one response the server sends before closing."""
-    data = b""
-    while True:
-        try:
-            piece = sock.recv(65_536)
-        except ConnectionResetError:
-            break
-        if not piece:
-            break
-        data += piece
+    data = read_until_closed(sock, seconds=60)
     head, _, body = data.partition(b"\r\n\r\n")
     assert head, "the server closed the connection without an answer"
     return int(head.split(b" ")[1]), json.loads(body)
@@ -185,16 +178,7 @@ def test_a_client_that_reads_nothing_is_disconnected_and_its_turn_is_stored(
             + body
         )
         time.sleep(3)  # read nothing for longer than SEND_TIMEOUT_SECONDS
-        received = b""
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                piece = sock.recv(65_536)
-            except ConnectionResetError:
-                break
-            if not piece:
-                break
-            received += piece
+        received = read_until_closed(sock)
         print(f"a client that read nothing for 3 s then got {len(received)} bytes before the close")
         assert received.startswith(b"HTTP/1.1 200")
         # Only what the kernels had buffered: the reader was closed before the turn's end.

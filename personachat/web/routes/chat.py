@@ -116,15 +116,7 @@ async def stream_post(
 
     `message` is required, unless the request resumes a turn with `Last-Event-ID`.
     """
-    request = TurnRequest(
-        identity.user_id,
-        body.session_id,
-        body.message or "",
-        body.role,
-        model=body.model,
-        from_turn=body.from_turn,
-        client_message_id=body.client_message_id,
-    )
+    request = body.turn_request(identity.user_id)
     return await _stream(turns, readers, settings.sse_ping_seconds, request, last_event_id_header, body.message is None)
 
 

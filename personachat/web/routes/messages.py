@@ -15,7 +15,6 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from personachat.readers import collect
-from personachat.turns import TurnRequest
 from personachat.web.deps import IdentityDep, ReadersDep, TurnsDep
 from personachat.web.errors import error_response
 from personachat.web.message_schemas import MessageRequest, MessageResponse, TokenUsage
@@ -80,17 +79,8 @@ async def send_message(
       starts nothing and answers that turn's result (the same `turn_id`), waiting for it
       while it still runs, as long as the turn's events are kept (TURN_STREAM_TTL_SECONDS).
     """
-    request = TurnRequest(
-        identity.user_id,
-        body.session_id,
-        body.message,
-        body.role,
-        model=body.model,
-        from_turn=body.from_turn,
-        client_message_id=body.client_message_id,
-    )
     # A new turn, live; or the turn a repeated send started, from its start.
-    events = await readers.of(identity.user_id, await turns.start(request))
+    events = await readers.of(identity.user_id, await turns.start(body.turn_request(identity.user_id)))
     assert events is not None  # only a resume after a turn's last event reads nothing
     result = await collect(events)
     if result.error is not None:
