@@ -5,8 +5,13 @@
 Each user has its own cookie jar and connection. Against the service a user starts a
 session (POST /chat/start), then sends K messages with POST /chat/stream and reads each
 stream to its `end` event; against the model directly (the baseline) it sends the same
-messages to POST /v1/chat/completions with stream=true and reads to `[DONE]`. Every answer
-is checked word for word against what the fake model was told to send.
+messages to POST /v1/chat/completions with stream=true and reads to `[DONE]` (the bare relay,
+bench.relay, is driven the same way: it speaks the model's protocol). Every answer is checked
+word for word against what the fake model was told to send.
+
+Throughput counts the model's chunks as found in the answer text (the fake model's chunk i is
+`wi `), not SSE events: a relay that coalesces several chunks into one event delivers the same
+chunks, neither more nor fewer.
 
 It talks to the controller (bench.runner) in JSON lines on stdout, and waits for its go-ahead
 on stdin, so the controller can read the service's CPU and Redis counters exactly around
@@ -23,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -34,6 +40,7 @@ import orjson
 from bench.limits import raise_open_files
 
 HISTORY_SAMPLE = 20
+MODEL_CHUNK = re.compile(r"w\d+ ")  # one piece of the fake model's `[[chunks=N]]` answer
 
 
 @dataclass
@@ -57,7 +64,7 @@ class Results:
     turn_ms: list[float] = field(default_factory=list)
     pings: list[int] = field(default_factory=list)  # keep-alive comments seen before the first chunk, per turn
     turns_ok: int = 0
-    chunks: int = 0  # the model's pieces received (several may come in one event)
+    chunks: int = 0  # the model's chunks found in the answers (several may come in one event)
     events: int = 0  # SSE events carrying them
     errors: dict[str, int] = field(default_factory=dict)
     opened: int = 0
@@ -169,7 +176,7 @@ class User:
                         self._opened(first_turn)
                     elif kind == "end":
                         self.results.pings.append(pings)
-                        return self._received(pieces, first)
+                        return await self._received(response, pieces, first)
                     else:
                         raise TurnFailed(f"event_{event.get('code', kind)}")
         raise TurnFailed("no_end")
@@ -188,7 +195,7 @@ class User:
                 for frame in frames:
                     payload = frame[6:]
                     if payload == b"[DONE]":
-                        return self._received(pieces, first)
+                        return await self._received(response, pieces, first)
                     for choice in orjson.loads(payload)["choices"]:
                         content = choice["delta"].get("content")
                         if content:
@@ -198,9 +205,12 @@ class User:
                             self.results.events += 1
         raise TurnFailed("no_end")
 
-    def _received(self, pieces: list[str], first: float) -> tuple[str, float]:
+    async def _received(self, response: aiohttp.ClientResponse, pieces: list[str], first: float) -> tuple[str, float]:
+        """The answer is complete: read the response to its end, as a browser or the OpenAI SDK does,
+        so the connection is kept alive for the next turn (leaving earlier would close it)."""
+        await response.content.read()
         text = "".join(pieces)
-        self.results.chunks += text.count(" ")  # every piece of the fake model ends with one space
+        self.results.chunks += len(MODEL_CHUNK.findall(text))
         return text, first
 
     async def check_history(self) -> bool:
@@ -221,7 +231,8 @@ def emit(message: dict[str, Any]) -> None:
 
 
 async def read_command() -> str:
-    return (await asyncio.to_thread(sys.stdin.readline)).strip()
+    line: str = await asyncio.to_thread(sys.stdin.readline)
+    return line.strip()
 
 
 async def main(config: Config) -> None:

@@ -1,9 +1,16 @@
-"""The benchmark controller: starts Redis, the fake model and the service, runs each scenario
-against the model directly (the baseline) and through the service, and reports both.
+"""The benchmark controller: starts Redis, the fake model, the bare relay and the service, runs
+each scenario along three paths in the same run, and reports them side by side:
 
-    bash bench/run [--quick] [--scenario NAME ...] [--workers 1 2] [--plot] [--profile]
+- `direct`: the load generator streams straight from the fake model (the ceiling);
+- `relay`: through `bench.relay`, a bare byte relay (the floor of any Python relay's cost);
+- `service`: through the chat service (sessions, history in Redis, SSE events).
 
-Every number is from this run on this machine; what matters is the ratio to the baseline.
+    bash bench/run [--quick] [--scenario NAME ...] [--workers 1 2] [--plot] [--profile raw]
+
+CPU time is read from /proc (psutil), in clock ticks of 10 ms: a scenario's CPU figures are
+exact to 10 ms over all its turns.
+
+Every number is from this run on this machine; what matters is the ratio to direct and relay.
 """
 
 from __future__ import annotations
@@ -27,9 +34,10 @@ from typing import Any
 import httpx
 import psutil
 
+from bench.hotspots import write_summary
 from bench.limits import raise_open_files
 from bench.report import markdown, plot, target_lines
-from bench.servers import ROOT, ModelServer, RedisServer, ServiceServer, Workdir
+from bench.servers import ROOT, Measurable, ModelServer, RedisServer, RelayServer, ServiceServer, Workdir
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -58,12 +66,14 @@ FULL = [
     Scenario("paced-c500", users=500, turns=4, chunks=50, delay_ms=20, ramp_seconds=2.0),
     Scenario("fast-c1", users=1, turns=40, chunks=200, delay_ms=0, ramp_seconds=0),
     Scenario("fast-c10", users=10, turns=30, chunks=200, delay_ms=0, ramp_seconds=0.1),
+    Scenario("turn-c10", users=10, turns=40, chunks=1, delay_ms=0, ramp_seconds=0.1),
     Scenario("idle-c1000", users=1000, turns=1, chunks=5, delay_ms=0, first_delay_ms=8000, ping_seconds=1.0, idle=True),
 ]
 QUICK = [
     Scenario("paced-c1", users=1, turns=3, chunks=50, delay_ms=20),
     Scenario("paced-c100", users=100, turns=2, chunks=50, delay_ms=20),
     Scenario("fast-c10", users=10, turns=5, chunks=200, delay_ms=0, ramp_seconds=0.1),
+    Scenario("turn-c10", users=10, turns=10, chunks=1, delay_ms=0, ramp_seconds=0.1),
     Scenario("idle-c1000", users=200, turns=1, chunks=5, delay_ms=0, first_delay_ms=3000, ping_seconds=1.0, idle=True),
 ]
 
@@ -78,19 +88,20 @@ def percentile(values: list[float], pct: float) -> float | None:
 
 @dataclass
 class Measured:
-    target: str  # "direct" or "service"
+    target: str  # "direct", "relay" or "service"
     workers: int = 0
     seconds: float = 0.0
     turns_ok: int = 0
     turns_planned: int = 0
-    chunks: int = 0
+    chunks: int = 0  # the model's chunks found in the answers (however many SSE events carried them)
     events: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     ttft_ms: dict[str, float | None] = field(default_factory=dict)
     turn_ms: dict[str, float | None] = field(default_factory=dict)
     pings_min: int | None = None
-    cpu_seconds: float | None = None
+    cpu_seconds: float | None = None  # the relay's or the service's processes, around the turns
     cpu_us_per_chunk: float | None = None
+    cpu_ms_per_turn: float | None = None
     rss_before_mb: float | None = None
     rss_peak_mb: float | None = None
     rss_open_mb: float | None = None
@@ -101,6 +112,7 @@ class Measured:
     histories_checked: int = 0
     histories_ok: int = 0
     profile: str | None = None
+    profile_top: str | None = None
 
     @property
     def turns_per_second(self) -> float:
@@ -157,11 +169,11 @@ class LoadGenerator:
 
 
 class PeakSampler:
-    """Samples the service's RSS every 100 ms in a thread; keeps the peak."""
+    """Samples a server's RSS every 100 ms in a thread; keeps the peak."""
 
-    def __init__(self, service: ServiceServer) -> None:
-        self._service = service
-        self.peak = service.rss_bytes()
+    def __init__(self, server: Measurable) -> None:
+        self._server = server
+        self.peak = server.rss_bytes()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -169,7 +181,7 @@ class PeakSampler:
     def _run(self) -> None:
         while not self._stop.wait(0.1):
             with contextlib.suppress(psutil.Error):
-                self.peak = max(self.peak, self._service.rss_bytes())
+                self.peak = max(self.peak, self._server.rss_bytes())
 
     def stop(self) -> int:
         self._stop.set()
@@ -211,15 +223,116 @@ def run_direct(scenario: Scenario, model: ModelServer, workdir: Path) -> Measure
     loadgen = LoadGenerator(_loadgen_config(scenario, "direct", model.url), workdir / "loadgen.log")
     try:
         loadgen.expect("ready")
-        loadgen.send("go")
-        if scenario.idle:
-            loadgen.expect("open")
-        _fill(measured, loadgen.expect("measured"))
-        loadgen.send("verify")
-        loadgen.expect("verified")
+        _measure_turns(scenario, loadgen, measured)
+        _verify(loadgen, measured)
     finally:
         loadgen.close()
     return measured
+
+
+def run_relay(scenario: Scenario, model: ModelServer, workdir: Path, profile: str | None) -> Measured:
+    """The bare relay in front of the model, driven like the direct path; its process's CPU counted."""
+    measured = Measured("relay")
+    relay = RelayServer(workdir, model, scenario.name).start()
+    loadgen: LoadGenerator | None = None
+    try:
+        loadgen = LoadGenerator(_loadgen_config(scenario, "direct", relay.url), workdir / "loadgen.log")
+        loadgen.expect("ready")
+        _measure_turns(scenario, loadgen, measured, relay, profile=_profile_path(profile, f"{scenario.name}-relay"))
+        _verify(loadgen, measured)
+    finally:
+        if loadgen is not None:
+            loadgen.close()
+        relay.stop()
+    return measured
+
+
+def _profile_path(profile: str | None, name: str) -> tuple[str, Path] | None:
+    if profile is None:
+        return None
+    return profile, RESULTS / f"profile-{name}.{ {'flamegraph': 'svg', 'speedscope': 'json'}.get(profile, 'txt') }"
+
+
+class Profiler:
+    """py-spy recording one process during the turns; for raw profiles, a top-costs summary beside."""
+
+    def __init__(self, profile: tuple[str, Path], pid: int, measured: Measured) -> None:
+        self.form, self.output = profile
+        self.measured = measured
+        args = ["record", "--nonblocking", "-r", "250", "-f", self.form, "-o", str(self.output), "--pid", str(pid)]
+        self.process = subprocess.Popen(
+            ["py-spy", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        measured.profile = str(self.output)
+        time.sleep(1.0)  # py-spy attaches
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGINT)
+        self.process.wait(timeout=60)
+        if self.form == "raw" and self.output.exists():
+            title = f"{self.output.stem.removeprefix('profile-')}, pid of the {self.measured.target}"
+            self.measured.profile_top = str(write_summary(self.output, title, root=f"{ROOT}/"))
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def _measure_turns(
+    scenario: Scenario,
+    loadgen: LoadGenerator,
+    measured: Measured,
+    server: Measurable | None = None,
+    redis: RedisServer | None = None,
+    profile: tuple[str, Path] | None = None,
+) -> None:
+    """Lets the (ready) load generator run its turns; reads the server's CPU, memory and Redis
+    counters right around them, and profiles its first worker if asked."""
+    profiler = Profiler(profile, server.worker_pids()[0], measured) if profile and server else None
+    try:
+        if server is not None:
+            time.sleep(0.3)
+            rss_before = server.rss_bytes()
+            cpu_before = server.cpu_seconds()
+            sampler = PeakSampler(server)
+        calls_before = redis.command_calls() if redis else {}
+        loadgen.send("go")
+        if scenario.idle:
+            opened = loadgen.expect("open")["opened"]
+            if server is not None:
+                time.sleep(0.5)
+                rss_open = server.rss_bytes()
+                measured.rss_open_mb = rss_open / 2**20
+                measured.kb_per_stream = (rss_open - rss_before) / 1024 / max(opened, 1)
+        report = loadgen.expect("measured")
+        if server is not None:
+            measured.cpu_seconds = server.cpu_seconds() - cpu_before
+            measured.rss_peak_mb = sampler.stop() / 2**20
+            measured.rss_before_mb = rss_before / 2**20
+        calls_after = redis.command_calls() if redis else {}
+        if profiler is not None:
+            profiler.stop()
+    finally:
+        if profiler is not None:
+            profiler.kill()
+    _fill(measured, report)
+    if measured.cpu_seconds is not None:
+        measured.cpu_us_per_chunk = measured.cpu_seconds / measured.chunks * 1e6 if measured.chunks else None
+        measured.cpu_ms_per_turn = measured.cpu_seconds / measured.turns_ok * 1e3 if measured.turns_ok else None
+    if redis is not None:
+        delta = {name: calls_after.get(name, 0) - calls_before.get(name, 0) for name in calls_after}
+        measured.redis_commands = {name: count for name, count in sorted(delta.items()) if count}
+        measured.redis_commands_per_turn = sum(delta.values()) / max(measured.turns_ok, 1)
+
+
+def _verify(loadgen: LoadGenerator, measured: Measured) -> None:
+    loadgen.send("verify")
+    verified = loadgen.expect("verified")
+    measured.histories_checked = verified["histories_checked"]
+    measured.histories_ok = verified["histories_ok"]
 
 
 def _service_env(scenario: Scenario, redis: RedisServer, model: ModelServer, prefix: str) -> dict[str, str]:
@@ -265,57 +378,15 @@ def run_service(
     name = f"{scenario.name}-w{workers}"
     service = ServiceServer(workdir, _service_env(scenario, redis, model, prefix), workers, name).start()
     loadgen: LoadGenerator | None = None
-    profiler: subprocess.Popen[bytes] | None = None
     try:
         _warm_up(service.url)
         warm_messages = _count_messages(redis, prefix)
         loadgen = LoadGenerator(_loadgen_config(scenario, "service", service.url), workdir / "loadgen.log")
         loadgen.expect("ready")
-        if profile is not None:
-            output = RESULTS / f"profile-{name}.{ {'flamegraph': 'svg', 'speedscope': 'json'}.get(profile, 'txt') }"
-            pid = service.worker_pids()[0]
-            profiler = subprocess.Popen(
-                ["py-spy", "record", "--nonblocking", "-r", "250", "-f", profile, "-o", str(output), "--pid", str(pid)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            measured.profile = str(output)
-            time.sleep(1.0)  # py-spy attaches
-        time.sleep(0.3)
-        rss_before = service.rss_bytes()
-        calls_before = redis.command_calls()
-        cpu_before = service.cpu_seconds()
-        sampler = PeakSampler(service)
-        loadgen.send("go")
-        if scenario.idle:
-            opened = loadgen.expect("open")["opened"]
-            time.sleep(0.5)
-            rss_open = service.rss_bytes()
-            measured.rss_open_mb = rss_open / 2**20
-            measured.kb_per_stream = (rss_open - rss_before) / 1024 / max(opened, 1)
-        report = loadgen.expect("measured")
-        cpu_after = service.cpu_seconds()
-        calls_after = redis.command_calls()
-        measured.rss_peak_mb = sampler.stop() / 2**20
-        measured.rss_before_mb = rss_before / 2**20
-        if profiler is not None:
-            profiler.send_signal(signal.SIGINT)
-            profiler.wait(timeout=60)
-        _fill(measured, report)
-        measured.cpu_seconds = cpu_after - cpu_before
-        measured.cpu_us_per_chunk = measured.cpu_seconds / measured.chunks * 1e6 if measured.chunks else None
-        delta = {name: calls_after.get(name, 0) - calls_before.get(name, 0) for name in calls_after}
-        measured.redis_commands = {name: count for name, count in sorted(delta.items()) if count}
-        turns = max(measured.turns_ok, 1)
-        measured.redis_commands_per_turn = sum(delta.values()) / turns
-        loadgen.send("verify")
-        verified = loadgen.expect("verified")
-        measured.histories_checked = verified["histories_checked"]
-        measured.histories_ok = verified["histories_ok"]
+        _measure_turns(scenario, loadgen, measured, service, redis, _profile_path(profile, name))
+        _verify(loadgen, measured)
         measured.messages_stored = _count_messages(redis, prefix) - warm_messages
     finally:
-        if profiler is not None and profiler.poll() is None:
-            profiler.kill()
         if loadgen is not None:
             loadgen.close()
         service.stop()
@@ -335,13 +406,16 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench", description="Benchmark the chat relay against the direct model.")
     parser.add_argument("--quick", action="store_true", help="a smoke run: fewer users and turns")
-    parser.add_argument("--scenario", action="append", help="run only this scenario (repeatable); see --list")
+    parser.add_argument(
+        "--scenario", action="extend", nargs="+", help="run only these scenarios (repeatable); see --list"
+    )
     parser.add_argument("--workers", type=int, nargs="+", default=[1], help="service worker counts to compare")
     parser.add_argument("--plot", action="store_true", help="draw TTFT and throughput against concurrency (PNG)")
     parser.add_argument(
         "--profile",
         choices=["flamegraph", "speedscope", "raw"],
-        help="record a py-spy profile of the (first) service worker during each scenario's turns",
+        help="record a py-spy profile of the relay and the (first) service worker during each scenario's turns; "
+        "raw also writes the top costs of each (profile-*.top.txt)",
     )
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
     args = parser.parse_args(argv)
@@ -368,26 +442,31 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {scenario.name}: {scenario.users} users x {scenario.turns} turns ({scenario.message})")
             direct = run_direct(scenario, model, workdir.path)
             print(f"   direct : {_summary(direct)}")
+            relay = run_relay(scenario, model, workdir.path, args.profile)
+            print(f"   relay  : {_summary(relay)}")
             services = []
             for workers in args.workers:
                 measured = run_service(scenario, redis, model, workdir.path, workers, args.profile)
                 print(f"   service: {_summary(measured)}")
                 services.append(measured)
             rows.append(
-                {"scenario": asdict(scenario), "direct": direct.to_dict(), "service": [m.to_dict() for m in services]}
+                {
+                    "scenario": asdict(scenario),
+                    "direct": direct.to_dict(),
+                    "relay": relay.to_dict(),
+                    "service": [m.to_dict() for m in services],
+                }
             )
     finally:
         model.stop()
         redis.stop()
     result = {"date": stamp, "machine": machine(), "quick": args.quick, "rows": rows}
-    table = markdown(result)
+    table = markdown(result) + "\n".join(target_lines(result)) + "\n"
     (RESULTS / f"bench-{stamp}.json").write_text(json.dumps(result, indent=2))
     (RESULTS / f"bench-{stamp}.md").write_text(table)
     (RESULTS / "latest.md").write_text(table)
     print()
     print(table)
-    for line in target_lines(result):
-        print(line)
     if args.plot:
         print(f"plot: {plot(result, RESULTS / f'bench-{stamp}.png')}")
     print(f"results: {RESULTS / f'bench-{stamp}.json'}")
@@ -402,8 +481,10 @@ def _summary(m: Measured) -> str:
         f"{m.turns_ok}/{m.turns_planned} turns, {m.chunks_per_second:.0f} chunks/s, "
         f"TTFT p50 {_ms(m.ttft_ms.get('p50'))} p99 {_ms(m.ttft_ms.get('p99'))}, errors {m.errors or 0}"
     )
-    if m.cpu_us_per_chunk is not None:
-        text += f", {m.cpu_us_per_chunk:.1f} us CPU/chunk, {m.redis_commands_per_turn:.1f} Redis cmds/turn"
+    if m.cpu_us_per_chunk is not None and m.cpu_ms_per_turn is not None:
+        text += f", CPU {m.cpu_us_per_chunk:.1f} us/chunk {m.cpu_ms_per_turn:.2f} ms/turn"
+    if m.redis_commands_per_turn is not None:
+        text += f", {m.redis_commands_per_turn:.1f} Redis cmds/turn"
     return text
 
 

@@ -1,4 +1,5 @@
-"""The processes of a benchmark run: Redis, the fake model and the service, on free loopback ports.
+"""The processes of a benchmark run: Redis, the fake model, the bare relay and the service, on free
+loopback ports.
 
 Each is a child process of the controller, started and stopped by it; nothing else is touched.
 """
@@ -130,7 +131,59 @@ class ModelServer:
         _stop(self.process)
 
 
-class ServiceServer:
+class Measurable:
+    """A server process and its children, whose CPU time and memory the runner reads around the turns."""
+
+    process: subprocess.Popen[bytes] | None
+
+    def processes(self) -> list[psutil.Process]:
+        assert self.process is not None
+        main = psutil.Process(self.process.pid)
+        return [main, *main.children(recursive=True)]
+
+    def worker_pids(self) -> list[int]:
+        """The processes that serve requests (the ones a profiler attaches to)."""
+        assert self.process is not None
+        return [self.process.pid]
+
+    def cpu_seconds(self) -> float:
+        """User + system time of every process, so far."""
+        total = 0.0
+        for process in self.processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = process.cpu_times()
+                total += times.user + times.system
+        return total
+
+    def rss_bytes(self) -> int:
+        total = 0
+        for process in self.processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += process.memory_info().rss
+        return total
+
+
+class RelayServer(Measurable):
+    """The bare byte relay (`bench.relay`) in front of the model, in its own process: the floor."""
+
+    def __init__(self, workdir: Path, model: ModelServer, name: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = workdir / f"relay-{name}.log"
+        self.model = model
+        self.process = None
+
+    def start(self) -> RelayServer:
+        args = [sys.executable, "-m", "bench.relay", "--port", str(self.port), "--upstream", self.model.url]
+        self.process = _start(args, self.log)
+        _wait_http(self.url + "/v1/models", self.process, self.log)  # relayed to the model
+        return self
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+
+class ServiceServer(Measurable):
     """The chat service, `start_server.py` with N workers, as a subprocess."""
 
     def __init__(self, workdir: Path, env: dict[str, str], workers: int, name: str) -> None:
@@ -159,11 +212,6 @@ class ServiceServer:
         time.sleep(0.5 if self.workers > 1 else 0)
         return self
 
-    def processes(self) -> list[psutil.Process]:
-        assert self.process is not None
-        main = psutil.Process(self.process.pid)
-        return [main, *main.children(recursive=True)]
-
     def worker_pids(self) -> list[int]:
         """The processes that serve requests: the main one alone, or uvicorn's workers."""
         processes = self.processes()
@@ -171,21 +219,6 @@ class ServiceServer:
             return [processes[0].pid]
         # uvicorn's multiprocess supervisor also starts a resource tracker; its workers run main.py.
         return [p.pid for p in processes[1:] if "multiprocessing.resource_tracker" not in " ".join(p.cmdline())]
-
-    def cpu_seconds(self) -> float:
-        total = 0.0
-        for process in self.processes():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                times = process.cpu_times()
-                total += times.user + times.system
-        return total
-
-    def rss_bytes(self) -> int:
-        total = 0
-        for process in self.processes():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                total += process.memory_info().rss
-        return total
 
     def stop(self) -> None:
         _stop(self.process, timeout=30)
