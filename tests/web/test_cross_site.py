@@ -88,6 +88,16 @@ def attack_pages(target: str, session_id: str) -> dict[str, str]:
             f"source.onerror = () => {{ source.close(); {done} }};"
             f"source.onmessage = () => {{ source.close(); {done} }};"
         ),
+        "websocket": _script_page(
+            f"const socket = new WebSocket({json.dumps(target.replace('http://', 'ws://') + '/chat/ws')});"
+            "socket.onopen = () => {"
+            f" socket.send(JSON.stringify({{type: 'stop', session_id: {json.dumps(session_id)}}}));"
+            f" socket.send(JSON.stringify({{type: 'message', session_id: {json.dumps(session_id)},"
+            " message: 'sent-by-websocket'}));"
+            " setTimeout(() => socket.close(), 500);"
+            "};"
+            f"socket.onclose = () => {{ {done} }};"
+        ),
         "stop": _script_page(
             f"fetch({json.dumps(f'{target}/chat/stop?session_id={session_id}')},"
             " {method: 'POST', mode: 'no-cors', credentials: 'include'})"
@@ -155,7 +165,7 @@ def test_pages_of_other_origins_change_nothing(
             # A long answer runs while the pages try to stop it (about 3 s).
             running = _background_turn(api, session_id, "[[chunks=60]] [[delay_ms=50]] a long answer")
             attacker.pages = attack_pages(service.base_url, session_id)
-            for name in ("stop", "form", "navigate", "img", "eventsource", "delete"):
+            for name in ("stop", "websocket", "form", "navigate", "img", "eventsource", "delete"):
                 hostile = context.new_page()
                 hostile.goto(f"{attacker.origin}/{name}")
                 if name in ("form", "navigate"):

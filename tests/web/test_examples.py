@@ -28,15 +28,20 @@ def example_page(name: str, service: Service) -> str:
     return page.replace(EXAMPLE_API, f"const API = {json.dumps(service.base_url)};")
 
 
-def test_the_fetch_example_on_a_front_end_origin_chats_with_the_cookie(
+PAGES = ["fetch-chat.html", "socket-chat.html"]  # by fetch (POST /chat/messages), by WebSocket (GET /chat/ws)
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_an_example_on_a_front_end_origin_chats_with_the_cookie(
     browser: Browser,  # noqa: F811
     make_service: Callable[..., Service],
+    name: str,
 ) -> None:
     # A front end on another port of the same host, listed in CORS_ORIGINS (the identity
     # cookie is SameSite=Lax: the browser sends it to a front end of the same site).
     front = PageServer("127.0.0.1")
     service = make_service(cors_origins=[front.origin])
-    front.pages["chat"] = example_page("fetch-chat.html", service)
+    front.pages["chat"] = example_page(name, service)
     front.start()
     context = browser.new_context(locale="en-US")
     context.set_default_timeout(10_000)
@@ -73,13 +78,15 @@ def test_the_fetch_example_on_a_front_end_origin_chats_with_the_cookie(
         front.stop()
 
 
-def test_the_fetch_example_on_an_origin_not_listed_gets_nothing(
+@pytest.mark.parametrize("name", PAGES)
+def test_an_example_on_an_origin_not_listed_gets_nothing(
     browser: Browser,  # noqa: F811
     make_service: Callable[..., Service],
+    name: str,
 ) -> None:
     front, listed = PageServer("127.0.0.1"), PageServer("127.0.0.1")
     service = make_service(cors_origins=[listed.origin])
-    front.pages["chat"] = example_page("fetch-chat.html", service)
+    front.pages["chat"] = example_page(name, service)
     front.start()
     context = browser.new_context(locale="en-US")
     try:

@@ -42,8 +42,14 @@ def send(ws: ClientConnection, **frame: Any) -> None:
     ws.send(json.dumps(frame))
 
 
+def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    names = [name for name, _ in pairs]
+    assert len(names) == len(set(names)), names
+    return dict(pairs)
+
+
 def receive(ws: ClientConnection, timeout: float = 15) -> dict[str, Any]:
-    frame: dict[str, Any] = json.loads(ws.recv(timeout=timeout))
+    frame: dict[str, Any] = json.loads(ws.recv(timeout=timeout), object_pairs_hook=no_duplicate_keys)
     return frame
 
 

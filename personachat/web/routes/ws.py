@@ -110,9 +110,10 @@ class ChatSocket:
         return await self._readers.of(self._user, await self._turns.start(frame.turn_request(self._user)))
 
     async def _send_events(self, session_id: str, events: Events) -> None:
-        # Each payload is a JSON object written by the service with "type" first: the id and
-        # the session go in front of it, with no parse and no re-encoding.
-        head = b'{"session_id":' + orjson.dumps(session_id) + b',"id":"'
+        # Each payload is a JSON object written by the service with "type" first: the id, and
+        # the session unless the event names it already (`start`, `end`: their second key),
+        # go in front of it, with no parse and no re-encoding.
+        session = b',"session_id":' + orjson.dumps(session_id) + b","
         done = False
         try:
             async for batch in events:
@@ -120,7 +121,8 @@ class ChatSocket:
                     if is_terminal(payload):
                         # Free before the client can read it and send again.
                         done, self._relaying = True, None
-                    frame = head + event_id + b'",' + payload[1:]
+                    named = b'","session_id":' in payload[:32]  # (a string's quotes are escaped)
+                    frame = b'{"id":"' + event_id + (b'",' if named else b'"' + session) + payload[1:]
                     await self._ws.send({"type": "websocket.send", "text": frame.decode()})
         except (WebSocketDisconnect, OSError):
             pass  # the client went away (or was cut off): the turn goes on without this relay
