@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,8 +17,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import Frame, Opcode
 from websockets.sync.client import ClientConnection, connect
 
+from config import Settings
+from main import create_app
 from tests.conftest import Service, history, start_session
-from tests.servers import read_until_closed
+from tests.servers import ThreadedServer, read_until_closed
 from tests.test_identity import create_api_key
 
 LONG = "[[chunks=80]] [[delay_ms=25]]"  # about 2 s of answer
@@ -363,3 +366,28 @@ def test_the_server_pings_an_idle_socket_and_closes_a_peer_that_never_answers(
     assert received[0] == 0x80 | Opcode.PING.value, received[:8]  # a ping, unmasked, from the server
     assert Opcode.CLOSE.value | 0x80 in received  # then, unanswered, a close (1011) and the end
     assert 1.0 <= elapsed < 5, elapsed
+
+
+def test_a_server_shutting_down_closes_the_socket_and_stops_in_time(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    server = ThreadedServer(create_app(settings)).start()
+    service = Service(server.base_url, settings)
+    try:
+        with service.client() as client:
+            session_id = start_session(client)
+        with open_socket(service, client) as ws:
+            send(ws, type="message", session_id=session_id, message=LONG)
+            assert receive(ws)["type"] == "start"
+            started = time.monotonic()
+            stopping = threading.Thread(target=server.stop)
+            stopping.start()
+            frames: list[dict[str, Any]] = []
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    frames.append(receive(ws))
+            stopping.join(timeout=30)
+        assert not stopping.is_alive() and time.monotonic() - started < 15
+    finally:
+        server.stop()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012  # "service restart"
+    assert all(frame["type"] in ("chunk", "error") for frame in frames), frames
