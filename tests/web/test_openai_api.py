@@ -171,6 +171,27 @@ def test_an_answer_cut_at_max_answer_chars_finishes_with_length(make_service: Ca
 # -- memory -----------------------------------------------------------------------------------
 
 
+def test_an_idempotency_key_makes_a_repeated_request_answer_the_same_turn(
+    service: Service, key: str, api: openai.OpenAI
+) -> None:
+    with keyed(service, key) as http:
+        session_id = start_session(http, "teacher")
+        headers = {"X-Session-Id": session_id, "Idempotency-Key": "retry-1"}
+        first = api.chat.completions.create(model="teacher", messages=user_says("once"), extra_headers=headers)
+        again = api.chat.completions.create(model="teacher", messages=user_says("once"), extra_headers=headers)
+        streamed = api.chat.completions.create(
+            model="teacher", messages=user_says("once"), stream=True, extra_headers=headers
+        )
+        replayed = "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices)
+        assert again.id == first.id and again.choices[0].message.content == first.choices[0].message.content
+        assert replayed == first.choices[0].message.content
+        assert history(http, session_id)["total"] == 2  # stored once
+        with pytest.raises(openai.BadRequestError):
+            api.chat.completions.create(
+                model="teacher", messages=user_says("x"), extra_headers={**headers, "Idempotency-Key": "not ok!"}
+            )
+
+
 def test_with_x_session_id_the_server_remembers_and_stores_the_turns(
     service: Service, key: str, api: openai.OpenAI, model: FakeModel
 ) -> None:

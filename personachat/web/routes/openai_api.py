@@ -34,6 +34,7 @@ from personachat.errors import ChatError, PersonaNotFound, UnknownRole
 from personachat.personas import PersonaEntry
 from personachat.readers import Events, TurnResult, collect
 from personachat.turns import OneOffRequest, TurnRequest
+from personachat.web.craft_schemas import CLIENT_MESSAGE_ID_PATTERN
 from personachat.web.deps import ApiKeyIdentityDep, PersonasDep, ReadersDep, SettingsDep, TurnsDep
 from personachat.web.errors import openai_error
 from personachat.web.openai_schemas import (
@@ -57,6 +58,16 @@ SessionHeader = Annotated[
         alias="X-Session-Id",
         description="A session of the key's user (POST /chat/start): the server's memory is used and the turn is "
         "stored; only the request's last user message is sent.",
+    ),
+]
+
+IdempotencyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        pattern=CLIENT_MESSAGE_ID_PATTERN,
+        description="With X-Session-Id: the send's `client_message_id` (1-64 of A-Za-z0-9_-). A request repeated "
+        "with the same key (a retry after a lost answer) starts nothing and answers the turn the first one started.",
     ),
 ]
 
@@ -92,6 +103,7 @@ async def chat_completions(
     settings: SettingsDep,
     body: ChatCompletionRequest,
     session_id: SessionHeader = None,
+    idempotency_key: IdempotencyHeader = None,
 ) -> ChatCompletion | EventSourceResponse:
     """OpenAI's chat completion, answered by a persona. Needs `Authorization: Bearer <API key>`
     (401 otherwise: cookies are not accepted).
@@ -108,6 +120,9 @@ async def chat_completions(
       left out first when they do not fit the model (413 when the last cannot), nothing is
       stored, the user's rate and concurrency limits still count it, and a client that goes
       away stops it.
+    - `Idempotency-Key` header, with `X-Session-Id`: the turn's `client_message_id`. The
+      OpenAI SDKs retry a request whose answer was lost; with a key (`extra_headers`), the
+      retry answers the turn the first attempt started instead of storing a second one.
     - Accepted: `temperature` (unless the persona pins one, which wins), `max_tokens` or
       `max_completion_tokens` (capped at the model's max_output_tokens), `stream`,
       `stream_options.include_usage`.
@@ -133,7 +148,13 @@ async def chat_completions(
         if session_id is not None:
             message = next(m for m in reversed(body.conversation()) if m["role"] == "user")["content"]
             request = TurnRequest(
-                user, session_id, message, body.model, temperature=body.temperature, max_tokens=body.answer_tokens
+                user,
+                session_id,
+                message,
+                body.model,
+                client_message_id=idempotency_key,
+                temperature=body.temperature,
+                max_tokens=body.answer_tokens,
             )
             started = await turns.start(request)
         else:
@@ -144,7 +165,7 @@ async def chat_completions(
     except UnknownRole:
         raise ModelNotFound(body.model) from None
     events = await readers.of(user, started)
-    if events is None:  # only a repeated send can find its turn over, and none is sent here
+    if events is None:  # a reader from a turn's start always has its events
         raise ChatError()
     if body.stream:
         return event_stream(_chunks(events, body.model, body.include_usage), settings.sse_ping_seconds)
