@@ -46,6 +46,7 @@ REQUEST_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 STREAMS_OPEN = Gauge("chat_streams_open", "Server-Sent Event streams open now.", multiprocess_mode="livesum")
+SOCKETS_OPEN = Gauge("chat_websockets_open", "WebSockets (GET /chat/ws) open now.", multiprocess_mode="livesum")
 TURNS_STARTED = Counter("chat_turns_started", "Turns admitted and started.")
 TURNS_RUNNING = Gauge("chat_turns_running", "Turns running now.", multiprocess_mode="livesum")
 TURNS_COMPLETED = Counter(

@@ -230,6 +230,8 @@ class ServiceMiddleware:
             else:
                 await send({"type": "websocket.close", "code": 1008})  # the server answers 403
         finally:
+            if outcome["status"] == 101:
+                metrics.SOCKETS_OPEN.dec()
             request_id.reset(token)
             route = getattr(scope.get("route"), "path", None) or _unrouted(scope)
             status, ms = outcome["status"], round((time.perf_counter() - started) * 1000, 1)
@@ -241,6 +243,7 @@ class ServiceMiddleware:
         async def send_wrapped(message: Message) -> None:
             if message["type"] == "websocket.accept":
                 outcome["status"] = 101
+                metrics.SOCKETS_OPEN.inc()
                 cookie = scope.get("state", {}).get(NEW_COOKIE)
                 if cookie is not None and not no_new_cookie:
                     set_cookie = (b"set-cookie", self._cookie(scope, cookie).encode("latin-1"))

@@ -22,6 +22,7 @@ from main import create_app
 from tests.conftest import Service, history, start_session
 from tests.servers import ThreadedServer, read_until_closed
 from tests.test_identity import create_api_key
+from tests.web.test_ops import scrape
 
 LONG = "[[chunks=80]] [[delay_ms=25]]"  # about 2 s of answer
 
@@ -391,3 +392,15 @@ def test_a_server_shutting_down_closes_the_socket_and_stops_in_time(make_setting
         server.stop()
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012  # "service restart"
     assert all(frame["type"] in ("chunk", "error") for frame in frames), frames
+
+
+def test_open_sockets_are_counted_in_the_metrics(client: httpx.Client, service: Service) -> None:
+    start_session(client)
+
+    def open_now() -> float:
+        return scrape(client)[("chat_websockets_open", ())]
+
+    before = open_now()
+    with open_socket(service, client), open_socket(service, client):
+        assert open_now() == before + 2
+    wait_for(lambda: open_now() == before)
