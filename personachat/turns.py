@@ -164,9 +164,9 @@ class TurnRun:
     stop: StopRequest = field(default_factory=StopRequest)
     writing: asyncio.Lock = field(default_factory=asyncio.Lock)
     done: asyncio.Event = field(default_factory=asyncio.Event)
-    # Pulsed (set, then cleared) on every change. Each waiter has a future of its own, so a
-    # reader cancelled by its client's disconnect cannot cancel the others' wait.
-    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Who waits for the next change: each waiter has a future of its own, so a reader
+    # cancelled by its client's disconnect cannot cancel the others' wait.
+    _waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
     def event_id(self, seq: int) -> bytes:
         return f"{self.turn_id}:{seq}".encode()
@@ -186,11 +186,18 @@ class TurnRun:
         self.done.set()
 
     def _wake(self) -> None:
-        self._changed.set()
-        self._changed.clear()
+        waiters = self._waiters
+        if waiters:
+            self._waiters = []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
-    async def changed(self) -> None:
-        await self._changed.wait()
+    def changed(self) -> asyncio.Future[None]:
+        """A future done at the next change (append or finish)."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        return waiter
 
 
 class TurnService:
