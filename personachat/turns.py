@@ -75,6 +75,13 @@ logger = logging.getLogger(__name__)
 # Readers in the turn's own process are served from memory at once; this only delays
 # readers on other instances.
 FLUSH_INTERVAL = 0.25
+# Adaptive coalescing: while the process's loop is busy (its CPU over the last flush interval
+# at least BUSY_CPU_SHARE of a core), a chunk's readers are woken up to COALESCE_SECONDS
+# later, so that the chunks that come meanwhile go out in the same write. The start, the
+# first chunk (time to first token) and the final event never wait; an idle process never
+# holds anything. Each event keeps its own id and payload: only the writes are fewer.
+COALESCE_SECONDS = 0.02
+BUSY_CPU_SHARE = 0.5
 # Stop requests are pushed (pub/sub); this slow poll of the durable flags only catches those
 # published while this process was not subscribed.
 STOP_POLL_INTERVAL = 1.0
@@ -125,6 +132,14 @@ class Replay:
     turn_id: str
 
 
+@dataclass
+class Pace:
+    """How long a chunk may wait for the next before its readers are woken (0: not at all);
+    one per process's turns, set by the flusher from how busy the process is."""
+
+    hold: float = 0.0
+
+
 class StopRequest(asyncio.Event):
     """A turn's stop flag: an Event whose `set` also ends the turn's wait for the model at
     once (`on_set`, which the turn points at its deadline while it reads the answer)."""
@@ -167,12 +182,25 @@ class TurnRun:
     # Who waits for the next change: each waiter has a future of its own, so a reader
     # cancelled by its client's disconnect cannot cancel the others' wait.
     _waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    pace: Pace = field(default_factory=Pace)
+    _held: asyncio.TimerHandle | None = None  # a wake put off for coalescing
 
     def event_id(self, seq: int) -> bytes:
         return f"{self.turn_id}:{seq}".encode()
 
     def append(self, payload: dict[str, Any]) -> None:
         self.payloads.append(orjson.dumps(payload))
+        self._wake()
+
+    def append_chunk(self, text: str) -> None:
+        """A chunk of the answer; its readers may be woken a little later (`Pace`), except for
+        the first chunk."""
+        self.payloads.append(orjson.dumps({"type": "chunk", "content": text}))
+        hold = self.pace.hold
+        if hold and len(self.payloads) > 2:
+            if self._held is None:
+                self._held = asyncio.get_running_loop().call_later(hold, self._wake)
+            return
         self._wake()
 
     @property
@@ -186,6 +214,9 @@ class TurnRun:
         self.done.set()
 
     def _wake(self) -> None:
+        if self._held is not None:
+            self._held.cancel()  # (a no-op when it is this call)
+            self._held = None
         waiters = self._waiters
         if waiters:
             self._waiters = []
@@ -236,6 +267,7 @@ class TurnService:
         self._listener: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._writes_due = asyncio.Event()  # set while turns run: the flusher has work
+        self._pace = Pace()
         self.listening = asyncio.Event()  # set while subscribed to stop requests
         self.closing = False
 
@@ -302,7 +334,7 @@ class TurnService:
                 context_window=entry.context_window,
                 max_output_tokens=entry.max_output_tokens,
             )
-            run = TurnRun(turn_id, request.user, request.session_id, persona, entry, fitted.context)
+            run = TurnRun(turn_id, request.user, request.session_id, persona, entry, fitted.context, pace=self._pace)
             run.from_turn = request.from_turn
             run.first_answer = admission.before == 0 and request.from_turn is None
             run.temperature = _temperature(persona, request.temperature)
@@ -356,7 +388,7 @@ class TurnService:
         )
         turn_id = secrets.token_hex(8)
         await self._store.admit_one_off(request.user, turn_id)
-        run = TurnRun(turn_id, request.user, "", persona, entry, fitted.context, stored=False)
+        run = TurnRun(turn_id, request.user, "", persona, entry, fitted.context, stored=False, pace=self._pace)
         run.temperature = _temperature(persona, request.temperature)
         run.max_tokens = request.max_tokens
         run.append({"type": "start", "session_id": None, "turn_id": turn_id, "role": persona.key, "model": entry.id})
@@ -539,7 +571,7 @@ class TurnService:
             answer.append(text)
             if len(answer) == 1:  # the first chunk (a retry only follows an empty answer)
                 metrics.first_chunk(time.monotonic() - started)
-            run.append({"type": "chunk", "content": text})
+            run.append_chunk(text)
             # Keep room for the final event; an answer cut at MAX_ANSWER_CHARS ends here too.
             if len(run.payloads) >= self._max_events - 1 or room == 0:
                 completion.finish_reason = "length"
@@ -558,9 +590,13 @@ class TurnService:
         final write) sends those events again, and the store skips what it already has."""
         while True:
             if not self._runs and not self._slots:
+                self._pace.hold = 0.0
                 self._writes_due.clear()
                 await self._writes_due.wait()
+            cpu, wall = time.process_time(), time.monotonic()
             await asyncio.sleep(FLUSH_INTERVAL)
+            busy = time.process_time() - cpu >= BUSY_CPU_SHARE * (time.monotonic() - wall)
+            self._pace.hold = COALESCE_SECONDS if busy else 0.0
             try:
                 await self._flush_once()
             except StoreUnavailable:
