@@ -1,7 +1,9 @@
 """Logs: one line per request and per turn, tagged with a request id; plain text or JSON.
 
 - The service's middleware (`web.middleware`) writes one line per request when the response
-  is complete (method, route template, status, duration), tagged with the request id.
+  is complete (method, route template, status, duration), tagged with the request id; a turn
+  writes one when it ends (`turns`). Nothing else logs at INFO per request: the model SDK's
+  HTTP client is set to WARNING.
 - The request id lives in a context variable, so the turn task started by a request (which
   copies the context) logs with the same id.
 - With LOG_FORMAT=json each line is one JSON object holding the record's `extra={...}`
@@ -112,5 +114,9 @@ def logging_config(level: str, fmt: str) -> dict[str, Any]:
             "uvicorn": {"level": level.upper(), "handlers": [], "propagate": True},
             "uvicorn.error": {"level": level.upper(), "handlers": [], "propagate": True},
             "uvicorn.access": {"level": "WARNING", "handlers": [], "propagate": False},
+            # The HTTP client under the model SDK logs every request to the model at INFO: a
+            # third line per turn, which the turn's own line already accounts for.
+            "httpx2": {"level": "WARNING"},
+            "httpx": {"level": "WARNING"},
         },
     }
