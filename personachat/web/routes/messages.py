@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 
 from personachat.readers import collect
 from personachat.turns import TurnRequest
-from personachat.web.deps import IdentityDep, ReadersDep, TurnsDep
+from personachat.web.deps import IdentityDep, ServicesDep
 from personachat.web.errors import error_response
 from personachat.web.message_schemas import MessageRequest, MessageResponse, TokenUsage
 from personachat.web.params import ERRORS
@@ -61,7 +61,7 @@ RETRY_AFTER = {503: {"Retry-After": "2"}}
     responses=RESPONSES,
 )
 async def send_message(
-    identity: IdentityDep, turns: TurnsDep, readers: ReadersDep, body: MessageRequest
+    identity: IdentityDep, services: ServicesDep, body: MessageRequest
 ) -> MessageResponse | JSONResponse:
     """The same send as POST /chat/stream, answered once the turn has ended:
     `{"session_id", "turn_id", "role", "model", "content", "finish_reason", "usage"?}`.
@@ -90,7 +90,7 @@ async def send_message(
         client_message_id=body.client_message_id,
     )
     # A new turn, live; or the turn a repeated send started, from its start.
-    events = await readers.of(identity.user_id, await turns.start(request))
+    events = await services.readers.of(identity.user_id, await services.turns.start(request))
     assert events is not None  # only a resume after a turn's last event reads nothing
     result = await collect(events)
     if result.error is not None:

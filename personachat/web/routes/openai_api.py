@@ -34,7 +34,7 @@ from personachat.errors import ChatError, PersonaNotFound, UnknownRole
 from personachat.personas import PersonaEntry
 from personachat.readers import Events, TurnResult, collect
 from personachat.turns import OneOffRequest, TurnRequest
-from personachat.web.deps import ApiKeyIdentityDep, PersonasDep, ReadersDep, SettingsDep, TurnsDep
+from personachat.web.deps import ApiKeyIdentityDep, PersonasDep, ServicesDep
 from personachat.web.errors import openai_error
 from personachat.web.openai_schemas import (
     OPENAI_ERRORS,
@@ -87,9 +87,7 @@ async def retrieve_model(identity: ApiKeyIdentityDep, personas: PersonasDep, mod
 @router.post("/chat/completions", response_model=ChatCompletion, responses=COMPLETION_RESPONSES)
 async def chat_completions(
     identity: ApiKeyIdentityDep,
-    turns: TurnsDep,
-    readers: ReadersDep,
-    settings: SettingsDep,
+    services: ServicesDep,  # the turns, readers and settings: one dependency per request
     body: ChatCompletionRequest,
     session_id: SessionHeader = None,
 ) -> ChatCompletion | EventSourceResponse:
@@ -128,7 +126,7 @@ async def chat_completions(
     and `usage`, then `data: [DONE]`. A model failure after the stream started is one
     `data: {"error": {...}}` (the OpenAI SDK raises APIError), and the stream ends.
     """
-    user = identity.user_id
+    user, turns, readers = identity.user_id, services.turns, services.readers
     try:
         if session_id is not None:
             message = next(m for m in reversed(body.conversation()) if m["role"] == "user")["content"]
@@ -147,7 +145,7 @@ async def chat_completions(
     if events is None:  # only a repeated send can find its turn over, and none is sent here
         raise ChatError()
     if body.stream:
-        return event_stream(_chunks(events, body.model, body.include_usage), settings.sse_ping_seconds)
+        return event_stream(_chunks(events, body.model, body.include_usage), services.settings.sse_ping_seconds)
     return _completion(await collect(events), body.model)
 
 
