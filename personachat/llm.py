@@ -1,20 +1,26 @@
 """The model client: one streamed chat completion from any OpenAI-compatible API.
 
 It uses the OpenAI SDK for the request, authentication, retries before the first byte and
-HTTP error mapping, with three choices measured in the benchmark (bench/):
-- the stream is read raw (`with_streaming_response`) and parsed with orjson: iterating the
-  SDK's typed stream builds pydantic objects per chunk, about seven times this path's CPU;
-  deltas that arrive in one network read are yielded together;
-- the prompt travels in `extra_body`, which the SDK merges into the JSON body as it is: the
-  SDK's typed transform of `messages` walks every message's TypedDict union and took a
-  quarter of the service's CPU under load, for dicts that are plain JSON already;
-- HTTP goes through the SDK's aiohttp transport (C HTTP parser) instead of pure-Python h11.
+HTTP error mapping, with choices measured in the benchmark (bench/):
+- the request goes through the SDK's own `post` (what its resources call, public for
+  "undocumented endpoints") with the body already JSON (orjson), and comes back as the raw
+  HTTP response: `chat.completions.create` first runs its typed transform over its forty
+  parameters and serializes with the standard `json`, which was a fifth of the SDK's CPU
+  per request (and, over typed `messages`, a quarter of the service's CPU under load);
+- the stream is parsed with orjson: iterating the SDK's typed stream builds pydantic objects
+  per chunk, about seven times this path's CPU; deltas that arrive in one network read are
+  yielded together;
+- HTTP goes through the SDK's aiohttp transport (C HTTP parser) instead of pure-Python h11,
+  with no read timeout of its own: the budget below bounds every wait, and an aiohttp read
+  timeout re-arms a timer on every packet.
 
 UPSTREAM_TIMEOUT_SECONDS is one budget, not a per-attempt timeout: the SDK retries a request
 whose headers did not come in time, which made a hung model take twice the timeout plus the
 retry pause to be reported. The budget covers everything up to the first byte, the SDK's
 retries included (so they only happen when they fit: after a refused or reset connection, a
-429 or a 5xx), and starts again for each wait between reads.
+429 or a 5xx), and starts again for each wait between reads. It is checked lazily (`_Budget`):
+a read notes the time, and a timer that fires once per UPSTREAM_TIMEOUT_SECONDS looks at it,
+instead of a timer moved on every read.
 
 Several providers may be configured (`MODELS_FILE`, personachat.models): `Models` holds one
 `ModelClient` per provider, each with its own shared HTTP client made in the app's lifespan.
@@ -55,7 +61,9 @@ from personachat.models import ModelEntry, ModelRegistry
 def create_openai_client(*, api_key: str, base_url: str | None, timeout: float, max_retries: int) -> openai.AsyncOpenAI:
     """The shared AsyncOpenAI client. Its timeouts bound one attempt; `ModelClient.stream`
     holds the budget that bounds them all (see there)."""
-    limits = httpx2.Timeout(timeout, connect=min(timeout, 10.0))
+    # No read timeout: `ModelClient.stream`'s budget bounds the wait for the headers and each
+    # read; aiohttp would otherwise move a timer on every packet of the stream.
+    limits = httpx2.Timeout(timeout, connect=min(timeout, 10.0), read=None)
     return openai.AsyncOpenAI(
         api_key=api_key,
         base_url=base_url,
@@ -109,40 +117,44 @@ class ModelClient:
     ) -> AsyncIterator[str]:
         """Yield the answer's text as it arrives; set `completion.finish_reason` (and `usage`,
         when the provider reports it) at the end."""
-        options: dict[str, Any] = {}
+        body: dict[str, Any] = {"model": model or self.default_model, "messages": messages, "stream": True}
         if temperature is not None:
-            options["temperature"] = temperature
+            body["temperature"] = temperature
         if max_tokens is not None:
-            options["max_tokens"] = max_tokens
+            body["max_tokens"] = max_tokens
         if self.stream_usage:
-            options["stream_options"] = {"include_usage": True}
-        loop = asyncio.get_running_loop()
+            body["stream_options"] = {"include_usage": True}
         try:
             # The budget: UPSTREAM_TIMEOUT_SECONDS for everything before the first byte of the
             # answer (connecting, the SDK's retries and their pauses, the headers), then again
             # for each wait between reads. The SDK's own timeouts bound a single attempt only.
-            async with asyncio.timeout(self._timeout) as budget:
-                async with self._client.chat.completions.with_streaming_response.create(
-                    model=model or self.default_model,
-                    messages=[],  # the real ones are in extra_body, see the module docstring
+            async with asyncio.timeout(self._timeout) as deadline:
+                response = await self._client.post(
+                    "/chat/completions",
+                    cast_to=httpx2.Response,
+                    content=orjson.dumps(body),
+                    options=_REQUEST_OPTIONS,
                     stream=True,
-                    extra_body={"messages": messages},
-                    **options,
-                ) as response:
+                )
+                budget = _Budget(deadline, self._timeout)
+                try:
                     buffer = b""
-                    async for data in response.http_response.aiter_bytes():
+                    async for data in response.aiter_bytes():
                         lines = (buffer + data).split(b"\n")
                         buffer = lines.pop()
                         text = _parse_lines(lines, completion)
                         if text:
-                            budget.reschedule(None)  # the caller's time between tokens is not the model's
+                            budget.paused = True  # the caller's time between tokens is not the model's
                             yield text
-                        budget.reschedule(loop.time() + self._timeout)
-                    # Read to the end of the body even after the finish reason, so that the
-                    # connection goes back to the pool instead of being closed (and the usage
-                    # chunk, which follows the finish reason, is read).
-                    if completion.finish_reason is not None:
-                        return
+                        budget.restart()
+                        # Read to the end of the body even after the finish reason, so that the
+                        # connection goes back to the pool instead of being closed (and the usage
+                        # chunk, which follows the finish reason, is read).
+                finally:
+                    budget.cancel()
+                    await response.aclose()
+                if completion.finish_reason is not None:
+                    return
         except TimeoutError as exc:  # the budget ran out
             raise UpstreamTimeout(self._timeout) from exc
         except openai.APIStatusError as exc:
@@ -166,6 +178,42 @@ class ModelClient:
         raise UpstreamError(
             "upstream_stream_cut", f"The model's stream ({_of(self.provider)}) ended before the answer was complete."
         )
+
+
+# What `chat.completions.create` sends besides the body: the API key as a bearer token.
+_REQUEST_OPTIONS: Any = {"security": {"bearer_auth": True}}
+
+
+class _Budget:
+    """The wait between reads, bounded without moving a timer on every read: a read notes its
+    time (`restart`), and one timer, due a timeout after the last noted time, looks at it when
+    it fires: past the budget it expires `deadline` (the stream's `asyncio.timeout`), else it
+    is set again for the new time. While the caller holds a chunk (`paused`) nothing counts."""
+
+    def __init__(self, deadline: asyncio.Timeout, seconds: float) -> None:
+        self._deadline = deadline
+        self._seconds = seconds
+        self._loop = asyncio.get_running_loop()
+        self.paused = False
+        self._since = self._loop.time()
+        deadline.reschedule(None)
+        self._timer = self._loop.call_at(self._since + seconds, self._check)
+
+    def restart(self) -> None:
+        self.paused = False
+        self._since = self._loop.time()
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        if self.paused:
+            self._since = now
+        elif now >= self._since + self._seconds:
+            self._deadline.reschedule(now)  # the stream's task gets TimeoutError, as from the budget
+            return
+        self._timer = self._loop.call_at(self._since + self._seconds, self._check)
 
 
 class Models:

@@ -17,7 +17,7 @@ Guarantees:
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,13 +33,19 @@ from personachat.turns import LOST_PAYLOAD, Replay, TurnLost, TurnRun, TurnServi
 Event = tuple[bytes, bytes]
 """One event of a turn: its id (`<turn_id>:<seq>`) and its JSON payload."""
 
-Events = AsyncGenerator[list[Event], None]
+Events = AsyncIterator[list[Event]]
 """What a reader yields: the events that are in since its last batch, in order (a slow
 client gets what piled up as one batch)."""
 
 
-async def sse_frames(events: Events) -> AsyncIterator[bytes]:
+def sse_frames(events: Events) -> AsyncIterator[bytes]:
     """A reader's batches as SSE frames, one write per batch."""
+    if isinstance(events, Following):
+        return events.frames()  # framed straight from the turn's memory
+    return _framed(events)
+
+
+async def _framed(events: Events) -> AsyncIterator[bytes]:
     async for batch in events:
         yield b"".join(b"id: " + event_id + b"\r\ndata: " + payload + b"\r\n\r\n" for event_id, payload in batch)
 
@@ -56,18 +62,54 @@ def error_event(prefix: bytes, seq: int, error: ChatError) -> list[Event]:
     return [(prefix + str(seq).encode(), orjson.dumps(error_payload(error)))]
 
 
-async def follow(run: TurnRun, after: int = 0) -> Events:
-    """The events of a turn running here, after `after`; ends with its final event."""
-    position = after
-    while True:
-        count = len(run.payloads)
-        if position < count:
-            yield [(run.event_id(seq), run.payloads[seq - 1]) for seq in range(position + 1, count + 1)]
-            position = count
-        elif run.finished:
-            return
-        else:
+class Following:
+    """The events of a turn running here, after `after`; ends with its final event.
+
+    An `Events` iterator like any reader; an SSE response reads it through `frames()`, which
+    frames the turn's payloads where they are, one generator between the turn and the
+    socket (the relay's path for every chunk of a live answer)."""
+
+    def __init__(self, run: TurnRun, after: int = 0) -> None:
+        self._run = run
+        self._position = after
+
+    def __aiter__(self) -> Following:
+        return self
+
+    async def __anext__(self) -> list[Event]:
+        run = self._run
+        while True:
+            position, count = self._position, len(run.payloads)
+            if position < count:
+                self._position = count
+                return [(run.event_id(seq), run.payloads[seq - 1]) for seq in range(position + 1, count + 1)]
+            if run.finished:
+                raise StopAsyncIteration
             await run.changed()
+
+    async def frames(self) -> AsyncIterator[bytes]:
+        run = self._run
+        prefix = run.turn_id.encode() + b":"
+        while True:
+            position, count = self._position, len(run.payloads)
+            if position < count:
+                self._position = count
+                payloads = run.payloads
+                yield b"".join(
+                    [
+                        b"id: %s%d\r\ndata: %s\r\n\r\n" % (prefix, seq + 1, payloads[seq])
+                        for seq in range(position, count)
+                    ]
+                )
+            elif run.finished:
+                return
+            else:
+                await run.changed()
+
+
+def follow(run: TurnRun, after: int = 0) -> Following:
+    """The events of a turn running here, after `after`; ends with its final event."""
+    return Following(run, after)
 
 
 async def _stopping_when_left(run: TurnRun) -> Events:

@@ -5,7 +5,9 @@ own, independent of the HTTP request that started it: a client that disconnects 
 stop it, and the answer is stored when it ends. Its events (`start`, `chunk`..., then `end`
 or `error`) are kept in memory for readers in this process and written in batches to the
 turn's Redis stream (`turnlog`), from which readers in other processes, and clients
-resuming with `Last-Event-ID`, are served (`readers`).
+resuming with `Last-Event-ID`, are served (`readers`). A turn is one task; one task per
+process (the flusher) writes the events of every running turn, and renews their leases, in
+one pipeline per FLUSH_INTERVAL.
 
 Guarantees:
 - event ids are `<turn id>:<seq>`; a reader never sees an event twice or out of order;
@@ -39,6 +41,7 @@ import functools
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,15 +64,24 @@ from personachat.personas import Persona, PersonaResolver
 from personachat.store.client import Redis
 from personachat.store.history import HistoryStore, now_iso
 from personachat.store.keys import is_client_message_id
-from personachat.store.turnlog import TurnLog, is_terminal
+from personachat.store.turnlog import Append, TurnLog, is_terminal
 from personachat.store.usage import UsageStore
 from personachat.titles import Titles
 
 logger = logging.getLogger(__name__)
 
-# Seconds between batched writes of a running turn's events to Redis. Readers in the turn's
-# own process are served from memory at once; this only delays readers on other instances.
+# Seconds between batched writes of the running turns' events to Redis: one task of the
+# process writes every turn's new events (and the leases due for renewal) in one pipeline.
+# Readers in the turn's own process are served from memory at once; this only delays
+# readers on other instances.
 FLUSH_INTERVAL = 0.25
+# Adaptive coalescing: while the process's loop is busy (its CPU over the last flush interval
+# at least BUSY_CPU_SHARE of a core), a chunk's readers are woken up to COALESCE_SECONDS
+# later, so that the chunks that come meanwhile go out in the same write. The start, the
+# first chunk (time to first token) and the final event never wait; an idle process never
+# holds anything. Each event keeps its own id and payload: only the writes are fewer.
+COALESCE_SECONDS = 0.02
+BUSY_CPU_SHARE = 0.5
 # Stop requests are pushed (pub/sub); this slow poll of the durable flags only catches those
 # published while this process was not subscribed.
 STOP_POLL_INTERVAL = 1.0
@@ -121,6 +133,29 @@ class Replay:
 
 
 @dataclass
+class Pace:
+    """How long a chunk may wait for the next before its readers are woken (0: not at all);
+    one per process's turns, set by the flusher from how busy the process is."""
+
+    hold: float = 0.0
+
+
+class StopRequest(asyncio.Event):
+    """A turn's stop flag: an Event whose `set` also ends the turn's wait for the model at
+    once (`on_set`, which the turn points at its deadline while it reads the answer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_set: Callable[[], object] | None = None
+
+    def set(self) -> None:
+        if not self.is_set():
+            super().set()
+            if self.on_set is not None:
+                self.on_set()
+
+
+@dataclass
 class TurnRun:
     """A turn running in this process: its events so far, and who waits for more."""
 
@@ -141,18 +176,31 @@ class TurnRun:
     # False for a one-off answer (`start_one_off`): no session, nothing written to Redis but
     # its slot in the user's limits; its events live in memory for its one reader.
     stored: bool = True
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    stop: StopRequest = field(default_factory=StopRequest)
     writing: asyncio.Lock = field(default_factory=asyncio.Lock)
     done: asyncio.Event = field(default_factory=asyncio.Event)
-    # Pulsed (set, then cleared) on every change. Each waiter has a future of its own, so a
-    # reader cancelled by its client's disconnect cannot cancel the others' wait.
-    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Who waits for the next change: each waiter has a future of its own, so a reader
+    # cancelled by its client's disconnect cannot cancel the others' wait.
+    _waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    pace: Pace = field(default_factory=Pace)
+    _held: asyncio.TimerHandle | None = None  # a wake put off for coalescing
 
     def event_id(self, seq: int) -> bytes:
         return f"{self.turn_id}:{seq}".encode()
 
     def append(self, payload: dict[str, Any]) -> None:
         self.payloads.append(orjson.dumps(payload))
+        self._wake()
+
+    def append_chunk(self, text: str) -> None:
+        """A chunk of the answer; its readers may be woken a little later (`Pace`), except for
+        the first chunk."""
+        self.payloads.append(orjson.dumps({"type": "chunk", "content": text}))
+        hold = self.pace.hold
+        if hold and len(self.payloads) > 2:
+            if self._held is None:
+                self._held = asyncio.get_running_loop().call_later(hold, self._wake)
+            return
         self._wake()
 
     @property
@@ -166,11 +214,21 @@ class TurnRun:
         self.done.set()
 
     def _wake(self) -> None:
-        self._changed.set()
-        self._changed.clear()
+        if self._held is not None:
+            self._held.cancel()  # (a no-op when it is this call)
+            self._held = None
+        waiters = self._waiters
+        if waiters:
+            self._waiters = []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
-    async def changed(self) -> None:
-        await self._changed.wait()
+    def changed(self) -> asyncio.Future[None]:
+        """A future done at the next change (append or finish)."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        return waiter
 
 
 class TurnService:
@@ -204,8 +262,12 @@ class TurnService:
         self._runs: dict[str, TurnRun] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._chores: set[asyncio.Task[None]] = set()  # lease releases after a failure
+        self._slots: dict[str, TurnRun] = {}  # one-off answers running here (no session, a slot)
         self._poller: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._writes_due = asyncio.Event()  # set while turns run: the flusher has work
+        self._pace = Pace()
         self.listening = asyncio.Event()  # set while subscribed to stop requests
         self.closing = False
 
@@ -272,7 +334,7 @@ class TurnService:
                 context_window=entry.context_window,
                 max_output_tokens=entry.max_output_tokens,
             )
-            run = TurnRun(turn_id, request.user, request.session_id, persona, entry, fitted.context)
+            run = TurnRun(turn_id, request.user, request.session_id, persona, entry, fitted.context, pace=self._pace)
             run.from_turn = request.from_turn
             run.first_answer = admission.before == 0 and request.from_turn is None
             run.temperature = _temperature(persona, request.temperature)
@@ -295,13 +357,10 @@ class TurnService:
         user_message = {"role": "user", "content": message, "timestamp": now_iso(), "turn_id": run.turn_id}
         prompt = [system, *fitted.history, user_prompt]
         self._runs[run.turn_id] = run
+        self._writes_due.set()
         task = asyncio.create_task(self._run(run, prompt, user_message), name=f"turn-{run.turn_id}")
         self._tasks.add(task)
         task.add_done_callback(functools.partial(self._task_done, run))
-        logger.info(
-            "turn started",
-            extra={"turn_id": run.turn_id, "session_id": run.session_id, "role": persona.key, "model": entry.id},
-        )
         return run
 
     async def start_one_off(self, request: OneOffRequest) -> TurnRun:
@@ -329,14 +388,15 @@ class TurnService:
         )
         turn_id = secrets.token_hex(8)
         await self._store.admit_one_off(request.user, turn_id)
-        run = TurnRun(turn_id, request.user, "", persona, entry, fitted.context, stored=False)
+        run = TurnRun(turn_id, request.user, "", persona, entry, fitted.context, stored=False, pace=self._pace)
         run.temperature = _temperature(persona, request.temperature)
         run.max_tokens = request.max_tokens
         run.append({"type": "start", "session_id": None, "turn_id": turn_id, "role": persona.key, "model": entry.id})
+        self._slots[run.turn_id] = run
+        self._writes_due.set()
         task = asyncio.create_task(self._run(run, [system, *fitted.history, last], last), name=f"one-off-{turn_id}")
         self._tasks.add(task)
         task.add_done_callback(functools.partial(self._task_done, run))
-        logger.info("one-off answer started", extra={"turn_id": turn_id, "role": persona.key, "model": entry.id})
         return run
 
     async def _write_start(self, run: TurnRun) -> None:
@@ -362,6 +422,7 @@ class TurnService:
             # Cancelled before it began (a shutdown right after admission): nothing ran its
             # clean-up, so end its readers and give its lease back here.
             self._runs.pop(run.turn_id, None)
+            self._slots.pop(run.turn_id, None)
             run.append(error_payload(ServerShutdown()))
             run.finish()
             self._release_later(run.user, run.session_id, run.turn_id)
@@ -419,51 +480,67 @@ class TurnService:
     # -- the turn itself ------------------------------------------------------------------
 
     async def _run(self, run: TurnRun, prompt: list[dict[str, Any]], user_message: dict[str, Any]) -> None:
+        """The turn's one task: the answer is read here, its events are written by the
+        process's flusher (`_flush_runs`), which also renews the lease."""
         answer: list[str] = []
         completion = Completion()
-        consume = asyncio.create_task(self._consume(run, prompt, answer, completion))
-        stop = asyncio.create_task(run.stop.wait())
-        keeper = asyncio.create_task(self._keep_lease(run))
         started = time.monotonic()
         metrics.turn_started()
         try:
-            done, _ = await asyncio.wait({consume, stop}, timeout=self._deadline, return_when=asyncio.FIRST_COMPLETED)
-            if consume in done and consume.exception() is None:
-                await self._commit(
-                    run, user_message, "".join(answer), completion.finish_reason or "stop", completion.usage
-                )
-            elif consume in done:
-                await self._fail(run, _as_chat_error(consume.exception()))
-            elif stop in done:
-                await _cancel(consume)
-                await self._commit(run, user_message, "".join(answer), "stopped", completion.usage)
+            try:
+                ending = await self._answer(run, prompt, answer, completion)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the model's failure (a ChatError), or a bug in its call
+                await self._fail(run, _as_chat_error(exc))
             else:
-                await _cancel(consume)
-                await self._fail(run, UpstreamError("turn_timeout", "The answer took too long and was cut off."))
+                if ending == "deadline":
+                    await self._fail(run, UpstreamError("turn_timeout", "The answer took too long and was cut off."))
+                else:
+                    reason = "stopped" if ending == "stopped" else completion.finish_reason or "stop"
+                    await self._commit(run, user_message, "".join(answer), reason, completion.usage)
         except asyncio.CancelledError:
-            await _cancel(consume)
             await asyncio.shield(self._fail(run, ServerShutdown()))
             raise
         except Exception:
             # A bug, not a model or Redis failure: log it, and still end every reader's
             # stream and give the session back (the final write releases the lease).
             logger.exception("turn crashed", extra={"turn_id": run.turn_id})
-            await _cancel(consume)
             if not run.ended:
                 await self._fail(run, ChatError())
         finally:
-            stop.cancel()
-            keeper.cancel()
             self._runs.pop(run.turn_id, None)
+            self._slots.pop(run.turn_id, None)
             if not run.ended:  # the final write itself crashed: end the readers, free the lease
                 run.append(error_payload(ChatError()))
                 self._release_later(run.user, run.session_id, run.turn_id)
             run.finish()
             outcome = metrics.turn_ended(run.payloads[-1], time.monotonic() - started, len(answer))
-            logger.info(
-                "turn ended",
-                extra={"turn_id": run.turn_id, "session_id": run.session_id, "events": len(run.payloads), **outcome},
-            )
+            # The turn's one log line (with the request id of the request that started it).
+            fields: dict[str, Any] = {"turn_id": run.turn_id, "session_id": run.session_id or None}
+            fields.update(role=run.persona.key, model=run.model.id, events=len(run.payloads), **outcome)
+            logger.info("turn ended" if run.stored else "one-off answer ended", extra=fields)
+
+    async def _answer(
+        self, run: TurnRun, prompt: list[dict[str, Any]], answer: list[str], completion: Completion
+    ) -> str | None:
+        """Read the model's answer into `answer` until it ends (None), a stop is requested
+        ("stopped") or the turn's deadline passes ("deadline"). A stop ends the wait at once:
+        it moves the deadline to now, so no task of its own waits for it."""
+        try:
+            async with asyncio.timeout(self._deadline) as limit:
+                run.stop.on_set = functools.partial(_expire_now, limit)
+                try:
+                    if run.stop.is_set():  # asked before the turn began (its one reader left)
+                        return "stopped"
+                    await self._consume(run, prompt, answer, completion)
+                finally:
+                    run.stop.on_set = None  # before the deadline's exit: it cannot be moved after
+        except TimeoutError:
+            if not limit.expired():
+                raise  # not the deadline's: a failure inside the call
+            return "stopped" if run.stop.is_set() else "deadline"
+        return None
 
     async def _consume(
         self, run: TurnRun, prompt: list[dict[str, Any]], answer: list[str], completion: Completion
@@ -483,49 +560,22 @@ class TurnService:
     async def _stream_answer(
         self, run: TurnRun, prompt: list[dict[str, Any]], answer: list[str], completion: Completion
     ) -> None:
-        flusher: asyncio.Task[None] | None = None
         started = time.monotonic()
         room = self._max_answer_chars  # what is left of MAX_ANSWER_CHARS
-        try:
-            stream = self._model.stream(
-                run.model, prompt, completion, temperature=run.temperature, max_tokens=run.max_tokens
-            )
-            async for text in stream:
-                text = text[:room]
-                room -= len(text)
-                answer.append(text)
-                if len(answer) == 1:  # the first chunk (a retry only follows an empty answer)
-                    metrics.first_chunk(time.monotonic() - started)
-                run.append({"type": "chunk", "content": text})
-                # Keep room for the final event; an answer cut at MAX_ANSWER_CHARS ends here too.
-                if len(run.payloads) >= self._max_events - 1 or room == 0:
-                    completion.finish_reason = "length"
-                    return
-                if run.stored and (flusher is None or flusher.done()):
-                    flusher = asyncio.create_task(self._flush_later(run))
-        finally:
-            if flusher is not None:
-                await _cancel(flusher)
-
-    async def _keep_lease(self, run: TurnRun) -> None:
-        """Renew the turn's lease every third of it (a flush renews it too, and resets the clock)."""
-        interval = self._lease_ms / 3000
-        while True:
-            await asyncio.sleep(max(0.05, run.renewed_at + interval - time.monotonic()))
-            if time.monotonic() - run.renewed_at < interval:
-                continue
-            try:
-                if run.stored:
-                    ours = await self._store.renew_lease(run.user, run.session_id, run.turn_id)
-                else:
-                    ours = await self._store.renew_slot(run.user, run.turn_id)
-            except StoreUnavailable:
-                await asyncio.sleep(min(1.0, interval))  # the lease has two more tries before it runs out
-                continue
-            if not ours:
-                self._lose(run)
+        stream = self._model.stream(
+            run.model, prompt, completion, temperature=run.temperature, max_tokens=run.max_tokens
+        )
+        async for text in stream:
+            text = text[:room]
+            room -= len(text)
+            answer.append(text)
+            if len(answer) == 1:  # the first chunk (a retry only follows an empty answer)
+                metrics.first_chunk(time.monotonic() - started)
+            run.append_chunk(text)
+            # Keep room for the final event; an answer cut at MAX_ANSWER_CHARS ends here too.
+            if len(run.payloads) >= self._max_events - 1 or room == 0:
+                completion.finish_reason = "length"
                 return
-            run.renewed_at = time.monotonic()
 
     def _lose(self, run: TurnRun) -> None:
         """The lease is gone (it ran out, or a stop ended the turn for a presumed-dead owner):
@@ -533,35 +583,65 @@ class TurnService:
         logger.warning("turn lost its lease", extra={"turn_id": run.turn_id})
         run.stop.set()
 
-    async def _flush_later(self, run: TurnRun) -> None:
-        await asyncio.sleep(FLUSH_INTERVAL)
-        # Shielded: once started, a write is not abandoned halfway (its ids must stay in order).
-        # When this wait is cancelled the write goes on alone, so its outcome is retrieved by
-        # a callback (a failed flush is harmless: the next write repeats its events).
-        write = asyncio.ensure_future(self._flush(run))
-        write.add_done_callback(_retrieve)
-        with contextlib.suppress(StoreUnavailable):
-            await asyncio.shield(write)
+    async def _flush_runs(self) -> None:
+        """The process's one writer of running turns' events: every FLUSH_INTERVAL, each
+        turn's new events, and a renewal for each lease due (every third of it), go to Redis in
+        one pipeline. A write that fails changes nothing here: the next one (or the turn's
+        final write) sends those events again, and the store skips what it already has."""
+        while True:
+            if not self._runs and not self._slots:
+                self._pace.hold = 0.0
+                self._writes_due.clear()
+                await self._writes_due.wait()
+            cpu, wall = time.process_time(), time.monotonic()
+            await asyncio.sleep(FLUSH_INTERVAL)
+            busy = time.process_time() - cpu >= BUSY_CPU_SHARE * (time.monotonic() - wall)
+            self._pace.hold = COALESCE_SECONDS if busy else 0.0
+            try:
+                await self._flush_once()
+            except StoreUnavailable:
+                continue  # the next round tries again; the leases have two more tries in them
 
-    async def _flush(self, run: TurnRun) -> None:
-        async with run.writing:
+    async def _flush_once(self) -> None:
+        now = time.monotonic()
+        renew_after = self._lease_ms / 3000
+        batch: list[tuple[TurnRun, int]] = []
+        for run in list(self._runs.values()):
+            # A turn whose final write is under way (or done) writes its own events.
+            if run.writing.locked() or run.ended:
+                continue
             count = len(run.payloads)
-            if count > run.flushed and not run.ended:
-                # A write that fails leaves `flushed` as it was; the next one (or the final
-                # write) sends these events again and the store skips what it already has.
-                ours = await self._log.append(
-                    run.user,
-                    run.session_id,
-                    run.turn_id,
-                    run.flushed + 1,
-                    run.payloads[run.flushed : count],
-                    lease_ms=self._lease_ms,
-                )
-                if not ours:
-                    self._lose(run)
-                    return
-                run.flushed = count
-                run.renewed_at = time.monotonic()
+            if count > run.flushed or now - run.renewed_at >= renew_after:
+                batch.append((run, count))
+        if batch:
+            await self._write_batch(batch)
+        for run in [run for run in self._slots.values() if now - run.renewed_at >= renew_after]:
+            await self._store.renew_slot(run.user, run.turn_id)  # one-off answers: rare, and one each
+            run.renewed_at = time.monotonic()
+
+    async def _write_batch(self, batch: list[tuple[TurnRun, int]]) -> None:
+        for run, _ in batch:
+            await run.writing.acquire()  # free (checked just before, nothing ran since): no wait
+        try:
+            appends = [
+                Append(run.user, run.session_id, run.turn_id, run.flushed + 1, run.payloads[run.flushed : count])
+                for run, count in batch
+            ]
+            # Shielded: a write under way is not abandoned halfway (the final writes wait for
+            # it); if this wait is cancelled, its outcome is retrieved by the callback.
+            write = asyncio.ensure_future(self._log.append_many(appends, lease_ms=self._lease_ms))
+            write.add_done_callback(_retrieve)
+            ours = await asyncio.shield(write)
+        finally:
+            for run, _ in batch:
+                run.writing.release()
+        written = time.monotonic()
+        for (run, count), held in zip(batch, ours, strict=True):
+            if not held:
+                self._lose(run)
+                continue
+            run.flushed = count
+            run.renewed_at = written
 
     async def _commit(
         self,
@@ -660,6 +740,8 @@ class TurnService:
     def start_background(self) -> None:
         self._listener = asyncio.create_task(self._listen_stops(), name="turn-stop-listener")
         self._poller = asyncio.create_task(self._poll_stops(), name="turn-stop-poller")
+        self._flusher = asyncio.create_task(self._flush_runs(), name="turn-flusher")
+        self._flusher.add_done_callback(_log_failure)
 
     async def _listen_stops(self) -> None:
         """Stop requests pushed by Redis pub/sub, on one connection of this process's own."""
@@ -710,6 +792,8 @@ class TurnService:
         tasks = list(self._tasks)
         if tasks:
             await asyncio.wait(tasks, timeout=10)
+        if self._flusher is not None:  # after the turns: their final writes may wait for its last write
+            await _cancel(self._flusher)
         if self._titles is not None:
             await self._titles.aclose()
         if self._chores:
@@ -726,6 +810,12 @@ class TurnLost(ChatError):
 # The final event of a turn ended without its owner (its process died, or it lost its lease):
 # nothing of it was stored.
 LOST_PAYLOAD = orjson.dumps({"type": "error", "code": TurnLost.code, "content": TurnLost.message})
+
+
+def _expire_now(limit: asyncio.Timeout) -> None:
+    """End the `async with limit:` block now, as if its time had come (a stop request)."""
+    if not limit.expired():
+        limit.reschedule(asyncio.get_running_loop().time())
 
 
 def _as_chat_error(exc: BaseException | None) -> ChatError:

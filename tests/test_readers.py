@@ -11,13 +11,14 @@ from collections.abc import Callable
 import httpx
 
 from personachat.llm import ModelClient, Models, create_openai_client
+from personachat.models import ModelEntry
 from personachat.personas import load_catalog
-from personachat.readers import TurnReaders
+from personachat.readers import TurnReaders, follow, sse_frames
 from personachat.store.client import BLOCK_MS, create_redis
 from personachat.store.history import HistoryStore, Limits
 from personachat.store.keys import KeySpace
 from personachat.store.turnlog import _APPEND, TurnLog
-from personachat.turns import TurnService
+from personachat.turns import Pace, TurnRun, TurnService
 from tests.conftest import FakeModel, Service, chat, history, start_session
 from tests.faults import FaultProxy, script_sha
 from tests.servers import RedisProcess, free_port
@@ -326,3 +327,34 @@ def test_a_stop_through_another_instance_lands_at_once(make_service: Callable[..
     median, worst = latencies[2] * 1000, latencies[-1] * 1000
     print(f"stop latency through another instance: median {median:.0f} ms, max {worst:.0f} ms")
     assert latencies[2] < 0.1  # pushed, not found by the 1 s fallback poll
+
+
+async def test_while_the_process_is_busy_chunks_wait_together_for_their_reader_but_never_the_first() -> None:
+    persona = load_catalog(None, "assistant").get("assistant")
+    pace = Pace()
+    run = TurnRun("c" * 16, "someone", "s" * 32, persona, ModelEntry("m", "openai", "m", 8192), pace=pace)
+    writes: list[bytes] = []
+
+    async def read() -> None:
+        async for frames in sse_frames(follow(run)):
+            writes.append(frames)
+
+    reader = asyncio.create_task(read())
+    run.append({"type": "start"})
+    await asyncio.sleep(0.01)
+    pace.hold = 0.2  # what the flusher sets while the process is busy
+    run.append_chunk("first ")
+    await asyncio.sleep(0.01)
+    assert len(writes) == 2  # the start, and the first chunk at once (time to first token)
+    run.append_chunk("second ")
+    run.append_chunk("third ")
+    await asyncio.sleep(0.05)
+    assert len(writes) == 2  # held...
+    await asyncio.sleep(0.25)
+    assert writes[2].count(b"id: ") == 2  # ...and sent together, each event with its own id
+    run.append_chunk("fourth ")
+    run.append({"type": "end"})  # the final event never waits, nor what it follows
+    run.finish()
+    await asyncio.wait_for(reader, timeout=1)
+    assert [frame.count(b"id: ") for frame in writes] == [1, 1, 2, 2]
+    assert b"".join(writes).count(b"data: ") == 6

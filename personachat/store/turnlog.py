@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
 from personachat.store.client import UNREACHABLE, Redis, translate_redis_errors
 from personachat.store.keys import KeySpace, is_turn_id
@@ -84,6 +85,18 @@ def is_terminal(payload: bytes) -> bool:
 
 
 @dataclass(frozen=True)
+class Append:
+    """One turn's part of `TurnLog.append_many`: its events numbered from `first_seq` (none:
+    the write only renews the lease)."""
+
+    user: str
+    session_id: str
+    turn_id: str
+    first_seq: int
+    payloads: Sequence[bytes]
+
+
+@dataclass(frozen=True)
 class TurnTail:
     """Where a stored turn stands: its last sequence number and whether it has ended."""
 
@@ -111,6 +124,35 @@ class TurnLog:
         keys = [self._keys.turn(user, session_id, turn_id), *self._keys_of_lease(user, session_id)]
         args = [turn_id, first_seq, _now_ms(), lease_ms, self._ttl, *payloads]
         return bool(await self._append(keys=keys, args=args))
+
+    @translate_redis_errors
+    async def append_many(self, appends: Sequence[Append], *, lease_ms: int) -> list[bool]:
+        """`append` for several turns in one round trip (a pipeline of the same script): for
+        each, whether it still holds its lease. An append with no events renews the lease (and,
+        like any append, finds a turn that was ended for it: False)."""
+        if not appends:
+            return []
+        now = _now_ms()
+        calls = [
+            (
+                [self._keys.turn(a.user, a.session_id, a.turn_id), *self._keys_of_lease(a.user, a.session_id)],
+                [a.turn_id, a.first_seq, now, lease_ms, self._ttl, *a.payloads],
+            )
+            for a in appends
+        ]
+        # EVALSHA itself, not the Script object: a pipeline given Script objects asks SCRIPT
+        # EXISTS first on every execute, a second round trip each time.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                pipe.evalsha(self._append.sha, len(keys), *keys, *args)
+            replies = await pipe.execute(raise_on_error=False)
+        for index, reply in enumerate(replies):
+            if isinstance(reply, NoScriptError):  # Redis lost its scripts (a restart): load it, again
+                keys, args = calls[index]
+                replies[index] = await self._append(keys=keys, args=args)
+            elif isinstance(reply, Exception):
+                raise reply  # the whole batch counts as failed: every turn sends its events again
+        return [bool(reply) for reply in replies]
 
     def _keys_of_lease(self, user: str, session_id: str) -> list[str]:
         return [self._keys.lock(user, session_id), self._keys.running(user)]

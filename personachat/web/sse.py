@@ -9,7 +9,8 @@ what the service needs and no more:
 - the frames go out as they come, one `send` each (a reader joins what piled up into one);
 - a `: ping` comment after every SSE_PING_SECONDS without a write (proxies keep the stream);
 - one task waits for the client's `http.disconnect` and then ends the response at once,
-  wherever it waits (for the model's first token, or for a write to drain);
+  wherever it waits (for the model's first token, or for a write to drain); the same task
+  sends the pings (one task per stream besides the response's own);
 - headers: `Cache-Control: no-store`, `X-Accel-Buffering: no` (nginx does not buffer).
 
 What waits for a slow client is bounded: the server (`personachat.web.server`) disconnects a
@@ -52,35 +53,37 @@ class EventSourceResponse(Response):
         gone = False
 
         async def watch() -> None:
-            nonlocal gone
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            gone = True
-            streaming.cancel()
-
-        async def ping() -> None:
-            nonlocal last_write
+            """Wait for the client's disconnect; ping whenever SSE_PING_SECONDS pass without a
+            write. One task for both: the wait for `receive()` is only bounded (a timer) when
+            pings are on, and its bound moves with the writes only when it is reached."""
+            nonlocal gone, last_write
             while True:
-                await asyncio.sleep(max(0.0, last_write + self.ping_seconds - loop.time()))
-                if loop.time() - last_write >= self.ping_seconds:
-                    last_write = loop.time()
-                    await send({"type": "http.response.body", "body": PING, "more_body": True})
+                try:
+                    async with asyncio.timeout_at(last_write + self.ping_seconds if self.ping_seconds > 0 else None):
+                        while (await receive())["type"] != "http.disconnect":
+                            pass
+                except TimeoutError:
+                    if loop.time() - last_write >= self.ping_seconds:
+                        last_write = loop.time()
+                        await send({"type": "http.response.body", "body": PING, "more_body": True})
+                    continue
+                gone = True
+                streaming.cancel()
+                return
 
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         watcher = asyncio.create_task(watch())
-        helpers = [watcher, asyncio.create_task(ping())] if self.ping_seconds > 0 else [watcher]
         try:
             try:
                 async for frames in self.frames:
                     last_write = loop.time()
                     await send({"type": "http.response.body", "body": frames, "more_body": True})
             finally:
-                for helper in helpers:
-                    helper.cancel()
+                watcher.cancel()
                 close = getattr(self.frames, "aclose", None)
                 if close is not None:
                     await close()
-            await asyncio.wait(helpers)  # no ping may follow the last body
+            await asyncio.wait([watcher])  # no ping may follow the last body
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if not gone:

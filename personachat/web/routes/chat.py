@@ -8,14 +8,14 @@ from fastapi import APIRouter, Body, Query, Response
 
 from personachat.admin.export import session_markdown
 from personachat.errors import InvalidRequest
-from personachat.readers import Events, TurnReaders, sse_frames
-from personachat.turns import TurnRequest, TurnService
+from personachat.readers import Events, sse_frames
+from personachat.turns import TurnRequest
 from personachat.web.craft_schemas import (
     CLIENT_MESSAGE_ID_DESCRIPTION,
     CLIENT_MESSAGE_ID_PATTERN,
     FROM_TURN_DESCRIPTION,
 )
-from personachat.web.deps import IdentityDep, ModelsDep, PersonasDep, ReadersDep, SettingsDep, StoreDep, TurnsDep
+from personachat.web.deps import IdentityDep, ModelsDep, PersonasDep, Services, ServicesDep, StoreDep, TurnsDep
 from personachat.web.params import ERRORS, LastEventIdHeader, LastEventIdQuery, SessionIdQuery
 from personachat.web.schemas import (
     ClearResponse,
@@ -66,9 +66,7 @@ STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
 )
 async def stream_get(
     identity: IdentityDep,
-    turns: TurnsDep,
-    readers: ReadersDep,
-    settings: SettingsDep,
+    services: ServicesDep,  # one dependency for the turns, readers and settings: one per send
     session_id: SessionIdQuery,
     message: Annotated[str | None, Query(description="The user's message; left out when resuming.")] = None,
     role: Annotated[str | None, Query(description="Persona for this message.")] = None,
@@ -100,15 +98,13 @@ async def stream_get(
         from_turn=from_turn,
         client_message_id=client_message_id,
     )
-    return await _stream(turns, readers, settings.sse_ping_seconds, request, resume, message is None)
+    return await _stream(services, request, resume, message is None)
 
 
 @router.post("/chat/stream", response_class=EventSourceResponse, responses=STREAM_RESPONSES)
 async def stream_post(
     identity: IdentityDep,
-    turns: TurnsDep,
-    readers: ReadersDep,
-    settings: SettingsDep,
+    services: ServicesDep,
     body: StreamRequest,
     last_event_id_header: LastEventIdHeader = None,
 ) -> Response:
@@ -117,12 +113,11 @@ async def stream_post(
     `message` is required, unless the request resumes a turn with `Last-Event-ID`.
     """
     request = body.turn_request(identity.user_id)
-    return await _stream(turns, readers, settings.sse_ping_seconds, request, last_event_id_header, body.message is None)
+    return await _stream(services, request, last_event_id_header, body.message is None)
 
 
-async def _stream(
-    turns: TurnService, readers: TurnReaders, ping: float, request: TurnRequest, resume: str | None, no_message: bool
-) -> Response:
+async def _stream(services: Services, request: TurnRequest, resume: str | None, no_message: bool) -> Response:
+    turns, readers = services.turns, services.readers
     events: Events | None
     if resume:
         events = await readers.open(request.user, request.session_id, resume)
@@ -132,7 +127,7 @@ async def _stream(
         events = await readers.of(request.user, await turns.start(request))
     if events is None:  # the turn ended before this id: tell EventSource not to reconnect
         return Response(status_code=204)
-    return event_stream(sse_frames(events), ping)
+    return event_stream(sse_frames(events), services.settings.sse_ping_seconds)
 
 
 MARKDOWN = "text/markdown; charset=utf-8"

@@ -15,7 +15,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from personachat.readers import collect
-from personachat.web.deps import IdentityDep, ReadersDep, TurnsDep
+from personachat.web.deps import IdentityDep, ServicesDep
 from personachat.web.errors import error_response
 from personachat.web.message_schemas import MessageRequest, MessageResponse, TokenUsage
 from personachat.web.params import ERRORS
@@ -60,7 +60,7 @@ RETRY_AFTER = {503: {"Retry-After": "2"}}
     responses=RESPONSES,
 )
 async def send_message(
-    identity: IdentityDep, turns: TurnsDep, readers: ReadersDep, body: MessageRequest
+    identity: IdentityDep, services: ServicesDep, body: MessageRequest
 ) -> MessageResponse | JSONResponse:
     """The same send as POST /chat/stream, answered once the turn has ended:
     `{"session_id", "turn_id", "role", "model", "content", "finish_reason", "usage"?}`.
@@ -80,7 +80,9 @@ async def send_message(
       while it still runs, as long as the turn's events are kept (TURN_STREAM_TTL_SECONDS).
     """
     # A new turn, live; or the turn a repeated send started, from its start.
-    events = await readers.of(identity.user_id, await turns.start(body.turn_request(identity.user_id)))
+    events = await services.readers.of(
+        identity.user_id, await services.turns.start(body.turn_request(identity.user_id))
+    )
     assert events is not None  # only a resume after a turn's last event reads nothing
     result = await collect(events)
     if result.error is not None:

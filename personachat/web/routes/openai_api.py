@@ -35,7 +35,7 @@ from personachat.personas import PersonaEntry
 from personachat.readers import Events, TurnResult, collect
 from personachat.turns import OneOffRequest, TurnRequest
 from personachat.web.craft_schemas import CLIENT_MESSAGE_ID_PATTERN
-from personachat.web.deps import ApiKeyIdentityDep, PersonasDep, ReadersDep, SettingsDep, TurnsDep
+from personachat.web.deps import ApiKeyIdentityDep, PersonasDep, ServicesDep
 from personachat.web.errors import openai_error
 from personachat.web.openai_schemas import (
     OPENAI_ERRORS,
@@ -98,9 +98,7 @@ async def retrieve_model(identity: ApiKeyIdentityDep, personas: PersonasDep, mod
 @router.post("/chat/completions", response_model=ChatCompletion, responses=COMPLETION_RESPONSES)
 async def chat_completions(
     identity: ApiKeyIdentityDep,
-    turns: TurnsDep,
-    readers: ReadersDep,
-    settings: SettingsDep,
+    services: ServicesDep,  # the turns, readers and settings: one dependency per request
     body: ChatCompletionRequest,
     session_id: SessionHeader = None,
     idempotency_key: IdempotencyHeader = None,
@@ -143,7 +141,7 @@ async def chat_completions(
     and `usage`, then `data: [DONE]`. A model failure after the stream started is one
     `data: {"error": {...}}` (the OpenAI SDK raises APIError), and the stream ends.
     """
-    user = identity.user_id
+    user, turns, readers = identity.user_id, services.turns, services.readers
     try:
         if session_id is not None:
             message = next(m for m in reversed(body.conversation()) if m["role"] == "user")["content"]
@@ -168,7 +166,7 @@ async def chat_completions(
     if events is None:  # a reader from a turn's start always has its events
         raise ChatError()
     if body.stream:
-        return event_stream(_chunks(events, body.model, body.include_usage), settings.sse_ping_seconds)
+        return event_stream(_chunks(events, body.model, body.include_usage), services.settings.sse_ping_seconds)
     return _completion(await collect(events), body.model)
 
 

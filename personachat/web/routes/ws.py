@@ -129,7 +129,9 @@ class ChatSocket:
         finally:
             if not done:  # (after its final event, the socket may be relaying the next turn)
                 self._relaying = None
-            await events.aclose()
+            close = getattr(events, "aclose", None)  # (a generator's; a live turn's reader holds nothing)
+            if close is not None:
+                await close()
 
     async def _send_error(self, error: ChatError, session_id: str | None) -> None:
         frame: dict[str, Any] = {
