@@ -601,6 +601,9 @@ class TurnService:
                 await self._flush_once()
             except StoreUnavailable:
                 continue  # the next round tries again; the leases have two more tries in them
+            except Exception:
+                # A bug: every running turn's lease depends on this task, so it must not end.
+                logger.exception("flushing the running turns failed")
 
     async def _flush_once(self) -> None:
         now = time.monotonic()

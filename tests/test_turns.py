@@ -186,6 +186,29 @@ def test_a_turn_longer_than_its_lease_keeps_the_session_by_renewing_it(
         assert stored["total"] == 2 and stored["messages"][1]["content"] == "w0 w1 w2 "
 
 
+def test_a_bug_in_one_flush_does_not_end_the_flusher_that_renews_every_lease(
+    make_service: Callable[..., Service], caplog: pytest.LogCaptureFixture
+) -> None:
+    service = make_service(turn_lease_seconds=1)
+    log = service.app.state.services.turns._log
+    append_many, calls = log.append_many, []
+
+    async def buggy_once(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the first flush")
+        return await append_many(*args, **kwargs)
+
+    log.append_many = buggy_once  # the fault: the one flusher's write raises once
+    with service.client() as client:
+        session_id = start_session(client)
+        # 2.5 s with one lease of 1 s: only the flusher's renewals after the failure keep it.
+        events = chat(client, session_id, "[[first_delay_ms=2500]] [[chunks=3]]")
+        assert events[-1].type == "end", events[-1]
+        assert len(calls) > 2 and "flushing the running turns failed" in caplog.text
+        assert history(client, session_id)["messages"][1]["content"] == "w0 w1 w2 "
+
+
 async def test_a_turn_cancelled_before_it_began_ends_its_readers_and_frees_its_session(
     make_settings: Callable[..., Settings],
 ) -> None:
