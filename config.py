@@ -84,6 +84,7 @@ class Settings(BaseSettings):
     request_timeout_seconds: PositiveSeconds = 30.0
     keep_alive_seconds: int = Field(5, ge=1, le=3_600)
     send_timeout_seconds: PositiveSeconds = 30.0
+    max_sockets_per_user: int = Field(16, ge=1, le=10_000)  # open WebSockets per user, per process
 
     # Personas.
     roles_file: Path | None = None

@@ -13,6 +13,7 @@
     ├── TurnInProgress (409)            one turn at a time per session
     ├── SocketBusy (409)                one relayed turn at a time per WebSocket
     ├── RateLimited (429)               with Retry-After
+    ├── TooManySockets (429)            MAX_SOCKETS_PER_USER open WebSockets
     ├── ReadOnlyPersona (403)           a built-in or file persona cannot be changed
     ├── PersonaNotFound (404)           missing and other users' personas look the same
     ├── TooManyPersonas (409)           MAX_PERSONAS_PER_USER reached
@@ -119,6 +120,12 @@ class RateLimited(ChatError):
 
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message, headers={"Retry-After": str(max(1, retry_after))})
+
+
+class TooManySockets(ChatError):
+    status_code = 429
+    code = "too_many_sockets"
+    message = "Too many WebSockets are open for this user; close one first (MAX_SOCKETS_PER_USER)."
 
 
 class StoreUnavailable(ChatError):

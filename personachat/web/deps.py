@@ -6,7 +6,8 @@ which costs a thread hop per request and makes the workers contend with the even
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -39,6 +40,7 @@ class Services:
     identity: IdentityResolver
     personas: PersonaResolver
     models: Models | None = None  # set by the lifespan (models and providers)
+    open_sockets: Counter[str] = field(default_factory=Counter)  # WebSockets open per user, here
     usage: UsageStore | None = None
 
 

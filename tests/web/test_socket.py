@@ -404,3 +404,21 @@ def test_open_sockets_are_counted_in_the_metrics(client: httpx.Client, service: 
     with open_socket(service, client), open_socket(service, client):
         assert open_now() == before + 2
     wait_for(lambda: open_now() == before)
+
+
+def test_a_user_may_hold_max_sockets_per_user_open(make_service: Callable[..., Service]) -> None:
+    service = make_service(max_sockets_per_user=2)
+    with service.client() as client, service.client() as other:
+        start_session(client)
+        start_session(other)
+        with open_socket(service, client), open_socket(service, client) as second:
+            status, body = handshake_refusal(service, Cookie=cookie_header(client))
+            assert (status, body["code"]) == (429, "too_many_sockets")
+            with open_socket(service, other):  # another user's count is their own
+                pass
+            second.close()
+            open_sockets = service.app.state.services.open_sockets
+            wait_for(lambda: sum(open_sockets.values()) == 1)
+            with open_socket(service, client) as again:  # one closed: one may open
+                again.send(json.dumps({"type": "stop", "session_id": "x"}))
+                assert receive(again)["type"] == "error"

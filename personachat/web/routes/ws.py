@@ -16,6 +16,8 @@ with its `id` and `session_id` added. So:
   any time);
 - the socket closing, or the client reading too slowly, ends only the relay, never the turn:
   it runs to its end and is stored, and a `resume` (on this socket or another) picks it up;
+- a user may hold MAX_SOCKETS_PER_USER open sockets per process (429 `too_many_sockets`
+  at the handshake beyond);
 - what waits for a slow client is the relay's current batch: the server cuts off a client
   that reads nothing for SEND_TIMEOUT_SECONDS (`web.server.WebSocketProtocol`), and an
   answer is at most MAX_ANSWER_CHARS long.
@@ -31,7 +33,7 @@ import orjson
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from personachat.errors import ChatError, SocketBusy
+from personachat.errors import ChatError, SocketBusy, TooManySockets
 from personachat.readers import Events
 from personachat.store.turnlog import is_terminal
 from personachat.web.deps import Services
@@ -45,13 +47,22 @@ logger = logging.getLogger("personachat")
 @router.websocket("/chat/ws")
 async def chat_socket(websocket: WebSocket) -> None:
     services: Services = websocket.app.state.services
+    open_sockets = services.open_sockets
     try:
-        identity = await services.identity.resolve(websocket)
-    except ChatError as exc:  # a wrong API key, anonymous use off, too many new identities
+        user = (await services.identity.resolve(websocket)).user_id
+        if open_sockets[user] >= services.settings.max_sockets_per_user:
+            raise TooManySockets()
+    except ChatError as exc:  # a wrong API key, anonymous use off, too many new identities or sockets
         await websocket.send_denial_response(error_response(exc.status_code, exc.code, exc.message, exc.headers))
         return
-    await websocket.accept()
-    await ChatSocket(websocket, identity.user_id, services).serve()
+    open_sockets[user] += 1
+    try:
+        await websocket.accept()
+        await ChatSocket(websocket, user, services).serve()
+    finally:
+        open_sockets[user] -= 1
+        if open_sockets[user] <= 0:
+            del open_sockets[user]
 
 
 class ChatSocket:
