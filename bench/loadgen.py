@@ -56,6 +56,7 @@ class Config:
     deadline_seconds: float = 300.0
     report_open: bool = False
     seed: int = 1
+    transport: str = "sse"  # the service's: "sse" (POST /chat/stream) or "ws" (one GET /chat/ws per user)
 
 
 @dataclass
@@ -94,6 +95,7 @@ class User:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=config.turn_timeout),
         )
         self.session_id = ""
+        self.socket: aiohttp.ClientWebSocketResponse | None = None
         self.opened = False
         self.expected = "".join(f"w{index} " for index in range(config.expected_chunks))
 
@@ -103,6 +105,8 @@ class User:
                 if response.status != 200:
                     raise TurnFailed(f"start_http_{response.status}")
                 self.session_id = (await response.json())["session_id"]
+            if self.config.transport == "ws":  # one socket for all the user's turns, with the cookie
+                self.socket = await self.http.ws_connect("/chat/ws", heartbeat=None, max_msg_size=0)
 
     async def run(self, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -111,7 +115,9 @@ class User:
             began = time.perf_counter()
             try:
                 async with asyncio.timeout(self.config.turn_timeout):
-                    if self.config.target == "service":
+                    if self.socket is not None:
+                        text, first = await self._socket_turn(message, first_turn=turn == 0)
+                    elif self.config.target == "service":
                         text, first = await self._service_turn(message, began, turn == 0)
                     else:
                         text, first = await self._direct_turn(message, began, turn == 0)
@@ -181,6 +187,32 @@ class User:
                         raise TurnFailed(f"event_{event.get('code', kind)}")
         raise TurnFailed("no_end")
 
+    async def _socket_turn(self, message: str, first_turn: bool) -> tuple[str, float]:
+        assert self.socket is not None
+        frame = {"type": "message", "session_id": self.session_id, "message": message}
+        await self.socket.send_str(orjson.dumps(frame).decode())
+        pieces: list[str] = []
+        first = 0.0
+        async for received in self.socket:
+            if received.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                break
+            event = orjson.loads(received.data)
+            kind = event["type"]
+            if kind == "chunk":
+                if not pieces:
+                    first = time.perf_counter()
+                pieces.append(event["content"])
+                self.results.events += 1
+            elif kind == "start":
+                self._opened(first_turn)
+            elif kind == "end":
+                text = "".join(pieces)
+                self.results.chunks += len(MODEL_CHUNK.findall(text))
+                return text, first
+            else:
+                raise TurnFailed(f"event_{event.get('code', kind)}")
+        raise TurnFailed("socket_closed")
+
     async def _direct_turn(self, message: str, began: float, first_turn: bool) -> tuple[str, float]:
         body = {"model": "bench", "stream": True, "messages": [{"role": "user", "content": message}]}
         pieces: list[str] = []
@@ -222,6 +254,8 @@ class User:
         return len(messages) == 2 * self.config.turns and all(answer == self.expected for answer in answers)
 
     async def close(self) -> None:
+        if self.socket is not None:
+            await self.socket.close()
         await self.http.close()
 
 

@@ -62,10 +62,10 @@ def markdown(result: dict[str, Any]) -> str:
         if relay is not None:
             lines.append(_row(name, "relay", relay, direct) + "\n")
         for service in row["service"]:
-            lines.append(_row(name, f"service {service['workers']}w", service, direct) + "\n")
+            lines.append(_row(name, _label(service), service, direct) + "\n")
             stored = service["messages_stored"]
             notes.append(
-                f"- {scenario['name']}, {service['workers']} worker(s): {stored} messages stored for "
+                f"- {scenario['name']}, {_label(service)}: {stored} messages stored for "
                 f"{service['turns_ok']} turns (expected {2 * service['turns_ok']}); sample histories "
                 f"{service['histories_ok']}/{service['histories_checked']} exact; Redis commands: "
                 + ", ".join(f"{name} {count}" for name, count in service["redis_commands"].items())
@@ -73,11 +73,16 @@ def markdown(result: dict[str, Any]) -> str:
             if scenario["idle"]:
                 if relay is not None:
                     notes.append(_open_streams("relay", scenario, relay))
-                notes.append(_open_streams(f"service {service['workers']}w", scenario, service))
+                notes.append(_open_streams(_label(service), scenario, service))
             for measured in (relay, service):
                 if measured is not None and measured.get("profile_top"):
                     notes.append(f"  - top costs ({measured['target']}): {measured['profile_top']}")
     return "".join(lines) + "\n" + "\n".join(notes) + "\n"
+
+
+def _label(service: dict[str, Any]) -> str:
+    transport = service.get("transport", "sse")
+    return f"service {service['workers']}w" + ("" if transport == "sse" else f" {transport}")
 
 
 def _paths(result: dict[str, Any], name: str) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any]]]:
@@ -85,7 +90,8 @@ def _paths(result: dict[str, Any], name: str) -> Iterator[tuple[dict[str, Any], 
     for row in result["rows"]:
         if row["scenario"]["name"] == name:
             for service in row["service"]:
-                yield row["direct"], row.get("relay"), service
+                if service.get("transport", "sse") == "sse":  # the targets are the streams'
+                    yield row["direct"], row.get("relay"), service
 
 
 def _verdict(ok: bool) -> str:
@@ -158,7 +164,7 @@ def target_lines(result: dict[str, Any]) -> list[str]:
     for row in result["rows"]:
         for service in row["service"]:
             lines.append(
-                f"- Redis commands per turn, {row['scenario']['name']} ({service['workers']}w): "
+                f"- Redis commands per turn, {row['scenario']['name']} ({_label(service)}): "
                 f"{_f(service['redis_commands_per_turn'])}"
             )
     return lines

@@ -90,6 +90,7 @@ def percentile(values: list[float], pct: float) -> float | None:
 class Measured:
     target: str  # "direct", "relay" or "service"
     workers: int = 0
+    transport: str = "sse"  # the service's: "sse" or "ws"
     seconds: float = 0.0
     turns_ok: int = 0
     turns_planned: int = 0
@@ -189,10 +190,11 @@ class PeakSampler:
         return self.peak
 
 
-def _loadgen_config(scenario: Scenario, target: str, base_url: str) -> dict[str, Any]:
+def _loadgen_config(scenario: Scenario, target: str, base_url: str, transport: str = "sse") -> dict[str, Any]:
     turn_seconds = (scenario.first_delay_ms + scenario.chunks * scenario.delay_ms) / 1000
     return {
         "target": target,
+        "transport": transport,
         "base_url": base_url,
         "users": scenario.users,
         "turns": scenario.turns,
@@ -372,16 +374,17 @@ def run_service(
     workdir: Path,
     workers: int,
     profile: str | None,
+    transport: str = "sse",
 ) -> Measured:
-    measured = Measured("service", workers=workers)
+    measured = Measured("service", workers=workers, transport=transport)
     prefix = "bench" + secrets.token_hex(4)
-    name = f"{scenario.name}-w{workers}"
+    name = f"{scenario.name}-w{workers}" + ("-ws" if transport == "ws" else "")
     service = ServiceServer(workdir, _service_env(scenario, redis, model, prefix), workers, name).start()
     loadgen: LoadGenerator | None = None
     try:
         _warm_up(service.url)
         warm_messages = _count_messages(redis, prefix)
-        loadgen = LoadGenerator(_loadgen_config(scenario, "service", service.url), workdir / "loadgen.log")
+        loadgen = LoadGenerator(_loadgen_config(scenario, "service", service.url, transport), workdir / "loadgen.log")
         loadgen.expect("ready")
         _measure_turns(scenario, loadgen, measured, service, redis, _profile_path(profile, name))
         _verify(loadgen, measured)
@@ -410,6 +413,13 @@ def main(argv: list[str] | None = None) -> int:
         "--scenario", action="extend", nargs="+", help="run only these scenarios (repeatable); see --list"
     )
     parser.add_argument("--workers", type=int, nargs="+", default=[1], help="service worker counts to compare")
+    parser.add_argument(
+        "--transport",
+        nargs="+",
+        choices=["sse", "ws"],
+        default=["sse"],
+        help="how the users talk to the service: sse (POST /chat/stream), ws (GET /chat/ws, one socket per user)",
+    )
     parser.add_argument("--plot", action="store_true", help="draw TTFT and throughput against concurrency (PNG)")
     parser.add_argument(
         "--profile",
@@ -446,9 +456,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"   relay  : {_summary(relay)}")
             services = []
             for workers in args.workers:
-                measured = run_service(scenario, redis, model, workdir.path, workers, args.profile)
-                print(f"   service: {_summary(measured)}")
-                services.append(measured)
+                for transport in args.transport:
+                    measured = run_service(scenario, redis, model, workdir.path, workers, args.profile, transport)
+                    print(f"   service ({transport}): {_summary(measured)}")
+                    services.append(measured)
             rows.append(
                 {
                     "scenario": asdict(scenario),
