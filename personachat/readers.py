@@ -50,6 +50,15 @@ async def _framed(events: Events) -> AsyncIterator[bytes]:
         yield b"".join(b"id: " + event_id + b"\r\ndata: " + payload + b"\r\n\r\n" for event_id, payload in batch)
 
 
+async def close_reader(reader: AsyncIterator[Any]) -> None:
+    """Close a reader (or what is made of one) now, not whenever the garbage collector comes:
+    a generator's `aclose`; a live turn's reader holds nothing. The reader of a one-off answer
+    stops that answer when it is closed (its client went away)."""
+    close = getattr(reader, "aclose", None)
+    if close is not None:
+        await close()
+
+
 def parse_event_id(value: str) -> tuple[str, int]:
     turn_id, _, seq = value.strip().partition(":")
     # ASCII digits only: str.isdigit() also takes "²" or "٣", which int() then refuses (a 500).

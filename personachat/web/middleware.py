@@ -158,8 +158,7 @@ class ServiceMiddleware:
         request_headers = Headers(scope=scope)
         refusal = self._refusal(scope, request_headers)
         no_new_cookie = not self.cross_site.may_set_cookie(request_headers)
-        incoming = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
-        rid = incoming if _REQUEST_ID.fullmatch(incoming) else secrets.token_hex(8)
+        rid = _request_id(scope)
         token = request_id.set(rid)
         status = 500
         streaming = False
@@ -220,7 +219,7 @@ class ServiceMiddleware:
         headers = Headers(scope=scope)
         refusal = self._refusal(scope, headers)
         outcome = {"status": 403}
-        token = request_id.set(secrets.token_hex(8))
+        token = request_id.set(_request_id(scope))
         try:
             if refusal is None:
                 await self.app(scope, receive, self._socket_send(scope, headers, send, outcome))
@@ -273,6 +272,12 @@ async def _json_error(
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": message + ".start", "status": status, "headers": headers})
     await send({"type": message + ".body", "body": body})
+
+
+def _request_id(scope: Scope) -> str:
+    """The client's `X-Request-ID` when it is a sane token, else a new one."""
+    incoming = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
+    return incoming if _REQUEST_ID.fullmatch(incoming) else secrets.token_hex(8)
 
 
 def _unrouted(scope: Scope) -> str:

@@ -25,6 +25,8 @@ from collections.abc import AsyncIterator
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from personachat.readers import close_reader
+
 __all__ = ["EventSourceResponse", "event_stream"]
 
 PING = b": ping\r\n\r\n"
@@ -80,9 +82,7 @@ class EventSourceResponse(Response):
                     await send({"type": "http.response.body", "body": frames, "more_body": True})
             finally:
                 watcher.cancel()
-                close = getattr(self.frames, "aclose", None)
-                if close is not None:
-                    await close()
+                await close_reader(self.frames)
             await asyncio.wait([watcher])  # no ping may follow the last body
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:

@@ -32,7 +32,7 @@ from fastapi import APIRouter, Header
 
 from personachat.errors import ChatError, PersonaNotFound, UnknownRole
 from personachat.personas import PersonaEntry
-from personachat.readers import Events, TurnResult, collect
+from personachat.readers import Events, TurnResult, close_reader, collect
 from personachat.turns import OneOffRequest, TurnRequest
 from personachat.web.craft_schemas import CLIENT_MESSAGE_ID_PATTERN
 from personachat.web.deps import ApiKeyIdentityDep, PersonasDep, ServicesDep
@@ -244,11 +244,7 @@ async def _chunks(events: Events, model: str, include_usage: bool) -> AsyncItera
             if frames:
                 yield b"".join(frames)
     finally:
-        # Closed now, not whenever the garbage collector comes: the reader of a one-off answer
-        # stops it when it is closed (a client that went away).
-        close = getattr(events, "aclose", None)
-        if close is not None:
-            await close()
+        await close_reader(events)
 
 
 def _data(payload: dict[str, Any]) -> bytes:

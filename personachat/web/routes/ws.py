@@ -26,7 +26,6 @@ with its `id` and `session_id` added. So:
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 import orjson
@@ -34,14 +33,14 @@ from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from personachat.errors import ChatError, SocketBusy, TooManySockets
-from personachat.readers import Events
+from personachat.readers import Events, close_reader
 from personachat.store.turnlog import is_terminal
+from personachat.turns import error_payload
 from personachat.web.deps import Services
 from personachat.web.errors import error_response
 from personachat.web.socket_schemas import ResumeFrame, SendFrame, StopFrame, parse_frame
 
 router = APIRouter()
-logger = logging.getLogger("personachat")
 
 
 @router.websocket("/chat/ws")
@@ -140,18 +139,10 @@ class ChatSocket:
         finally:
             if not done:  # (after its final event, the socket may be relaying the next turn)
                 self._relaying = None
-            close = getattr(events, "aclose", None)  # (a generator's; a live turn's reader holds nothing)
-            if close is not None:
-                await close()
+            await close_reader(events)
 
     async def _send_error(self, error: ChatError, session_id: str | None) -> None:
-        frame: dict[str, Any] = {
-            "type": "error",
-            "code": error.code,
-            "content": error.message,
-            "status": error.status_code,
-            "session_id": session_id,
-        }
+        frame = {**error_payload(error), "status": error.status_code, "session_id": session_id}
         retry_after = error.headers.get("Retry-After", "")
         if retry_after.isdigit():
             frame["retry_after"] = int(retry_after)
