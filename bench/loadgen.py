@@ -172,19 +172,10 @@ class User:
                         pings += 0 if pieces else 1
                         continue
                     event = orjson.loads(frame[frame.index(b"data: ") + 6 :])
-                    kind = event["type"]
-                    if kind == "chunk":
-                        if not pieces:
-                            first = time.perf_counter()
-                        pieces.append(event["content"])
-                        self.results.events += 1
-                    elif kind == "start":
-                        self._opened(first_turn)
-                    elif kind == "end":
+                    first = self._took(event, pieces, first, first_turn)
+                    if event["type"] == "end":
                         self.results.pings.append(pings)
                         return await self._received(response, pieces, first)
-                    else:
-                        raise TurnFailed(f"event_{event.get('code', kind)}")
         raise TurnFailed("no_end")
 
     async def _socket_turn(self, message: str, first_turn: bool) -> tuple[str, float]:
@@ -197,21 +188,25 @@ class User:
             if received.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                 break
             event = orjson.loads(received.data)
-            kind = event["type"]
-            if kind == "chunk":
-                if not pieces:
-                    first = time.perf_counter()
-                pieces.append(event["content"])
-                self.results.events += 1
-            elif kind == "start":
-                self._opened(first_turn)
-            elif kind == "end":
-                text = "".join(pieces)
-                self.results.chunks += len(MODEL_CHUNK.findall(text))
-                return text, first
-            else:
-                raise TurnFailed(f"event_{event.get('code', kind)}")
+            first = self._took(event, pieces, first, first_turn)
+            if event["type"] == "end":
+                return self._answer(pieces), first
         raise TurnFailed("socket_closed")
+
+    def _took(self, event: dict[str, Any], pieces: list[str], first: float, first_turn: bool) -> float:
+        """One event of a service turn (stream or socket): a chunk joins `pieces`, an error fails
+        the turn. Returns when the first chunk came (0 until it has)."""
+        kind = event["type"]
+        if kind == "chunk":
+            if not pieces:
+                first = time.perf_counter()
+            pieces.append(event["content"])
+            self.results.events += 1
+        elif kind == "start":
+            self._opened(first_turn)
+        elif kind != "end":
+            raise TurnFailed(f"event_{event.get('code', kind)}")
+        return first
 
     async def _direct_turn(self, message: str, began: float, first_turn: bool) -> tuple[str, float]:
         body = {"model": "bench", "stream": True, "messages": [{"role": "user", "content": message}]}
@@ -241,9 +236,13 @@ class User:
         """The answer is complete: read the response to its end, as a browser or the OpenAI SDK does,
         so the connection is kept alive for the next turn (leaving earlier would close it)."""
         await response.content.read()
+        return self._answer(pieces), first
+
+    def _answer(self, pieces: list[str]) -> str:
+        """The answer's text; its model chunks are counted as found in it."""
         text = "".join(pieces)
         self.results.chunks += len(MODEL_CHUNK.findall(text))
-        return text, first
+        return text
 
     async def check_history(self) -> bool:
         async with self.http.get("/chat/history", params={"session_id": self.session_id}) as response:
